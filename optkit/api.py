@@ -1,0 +1,117 @@
+"""The library entry points behind the CLI: optimize and inspect (bench lives in bench.py)."""
+from __future__ import annotations
+
+import datetime as _dt
+import re
+import time
+from pathlib import Path
+
+import onnx
+
+from .artifact import MANIFEST, MANIFEST_SCHEMA, staged_version, write_json
+from .backends import get_backend
+from .data import get_samples, resolve_shapes
+from .env import environment
+from .errors import InputError
+from .hw import cpu_features
+from .metrics import top1
+from .model import load_model, model_info, save_model, sha256_file, signature
+from .passes import Context, Progress
+from .pipeline import Pipeline
+from .recipe import Recipe, load_recipe
+
+
+def _model_name(path: Path) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", path.stem) or "model"
+
+
+def inspect(model: str | Path, shapes: dict | None = None) -> dict:
+    """Signature, opsets, op histogram, parameter count, FLOPs and size of an ONNX file."""
+    path = Path(model)
+    m = load_model(path)
+    inputs, _ = signature(m)
+    try:
+        static = resolve_shapes(inputs, shapes)
+        note = None
+    except InputError as e:  # FLOPs need static shapes; inspect still shows everything else
+        static, note = {}, f"FLOPs use 1 for unresolved symbolic dims ({e.what})"
+    info = model_info(m, static)
+    info.update({"path": str(path), "file_bytes": path.stat().st_size, "sha256": sha256_file(path),
+                 "flops_shapes": {k: list(v) for k, v in static.items()}})
+    if note:
+        info["flops"]["note"] = note
+    return info
+
+
+def optimize(model: str | Path, recipe: str | Path | Recipe, *, data: str | Path | None = None,
+             shapes: dict | None = None, output: str | Path = "optkit-out", threads: int = 1,
+             version: int | None = None, name: str | None = None, progress: Progress | None = None,
+             warn=None, on_pass=None) -> dict:
+    """Run ``recipe`` on an ONNX model and write ``output/<name>/<version>/`` (model.onnx, compiled/, manifest.json).
+
+    Returns the manifest (with ``artifact`` = the version directory). Validation happens before anything is
+    written; a failure leaves no partial artifact behind and never touches the input file.
+    """
+    warn = warn or (lambda msg: None)
+    rec = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
+    backend = get_backend(rec.backend)  # a missing backend fails here, before any work
+    backend_opts = rec.backend_config()
+    passes = rec.build_passes()
+    src = Path(model)
+    m = load_model(src)
+    input_sha = sha256_file(src)
+    inputs, _ = signature(m)
+    samples = get_samples(m, data, shapes)
+    static_shapes = resolve_shapes(inputs, samples.shapes())
+    for w in samples.warnings:
+        warn(w)
+    ctx = Context(samples=samples, shapes=dict(shapes or {}), threads=threads, cpu=cpu_features(),
+                  progress=progress or Progress(), warn=warn)
+    out_root = Path(output)
+    started = time.perf_counter()
+    with staged_version(out_root, name or _model_name(src), version) as staged:
+        result = Pipeline(passes, ctx).run(m, on_pass=on_pass)
+        out_model = staged.stage / "model.onnx"
+        save_model(result.model, out_model)
+        t0 = time.perf_counter()
+        compiled = backend.compile(out_model, staged.stage / "compiled", backend_opts, threads)
+        compiled["seconds"] = round(time.perf_counter() - t0, 3)
+        accuracy = _accuracy(result, samples)
+        manifest = {
+            "schema": MANIFEST_SCHEMA,
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "input": {"path": str(src.resolve()), "sha256": input_sha, "info": model_info(m, static_shapes)},
+            "output": {"path": "model.onnx", "sha256": sha256_file(out_model), "info": model_info(result.model, static_shapes)},
+            "recipe": rec.to_dict(),
+            "recipe_source": rec.source,
+            "shapes": {k: list(v) for k, v in static_shapes.items()},
+            "user_shapes": {k: list(v) for k, v in (shapes or {}).items()},
+            "data": {"source": samples.source, "synthetic": samples.synthetic, "feeds": len(samples),
+                     "labels": samples.labels is not None, "path": str(Path(data).resolve()) if data else None},
+            "pass_log": result.log,
+            "accuracy": accuracy,
+            "backend": compiled,
+            "threads": threads,
+            "optimize_seconds": round(time.perf_counter() - started, 3),
+            "warnings": list(samples.warnings),
+            "environment": environment(),
+        }
+        write_json(staged.stage / MANIFEST, manifest)
+    manifest["artifact"] = str(staged.path)
+    return manifest
+
+
+def _accuracy(result, samples) -> dict:
+    """The optimized model vs the input model on the sample feeds (and vs labels when there are some)."""
+    if not result.reference_outputs:
+        return {}
+    from .metrics import compare
+
+    n = len(result.reference_outputs)
+    labels = samples.labels[:n] if samples.labels else None
+    acc = {"feeds": n, "synthetic": samples.synthetic, "vs_input": {
+        k: v for k, v in compare(result.reference_outputs, result.outputs).items() if k != "outputs"}}
+    t_in, t_out = top1(result.reference_outputs, labels), top1(result.outputs, labels)
+    if t_in is not None:
+        acc.update({"top1_input": t_in, "top1_output": t_out, "top1_delta": t_out - t_in})
+    return acc

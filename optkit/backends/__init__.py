@@ -1,0 +1,79 @@
+"""Backends: compile an ONNX model into an artifact and open sessions on it.
+
+Each backend imports its library lazily; a missing library or device is a ``BackendUnavailable`` with the
+reason and the install hint, never a crash of the CLI.
+"""
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import ClassVar, Protocol
+
+import numpy as np
+
+from ..errors import BackendUnavailable, RecipeError
+from ..passes import PassConfig
+
+
+class Session(Protocol):
+    """An open model: ``run(feeds) -> {output name: array}``, plus its input/output specs."""
+
+    inputs: list
+    outputs: list
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+    def close(self) -> None: ...
+    def __enter__(self) -> "Session": ...
+    def __exit__(self, *exc) -> None: ...
+
+
+class Backend:
+    name: ClassVar[str] = ""
+    doc: ClassVar[str] = ""
+    Options: ClassVar[type[PassConfig]] = PassConfig
+
+    def check(self) -> None:
+        """Raise BackendUnavailable (with the reason and what to do) if this backend cannot run here."""
+
+    def compile(self, model_path: Path, out_dir: Path, options: PassConfig, threads: int = 1) -> dict:
+        """Build the backend artifact from ``model_path`` into ``out_dir``; return what was written."""
+        raise NotImplementedError
+
+    def load(self, path: Path, threads: int = 1, options: PassConfig | None = None) -> Session:
+        raise NotImplementedError
+
+
+_BACKENDS = {
+    "ort": "optkit.backends.ort:OrtBackend",
+    "tvm": "optkit.backends.tvm:TvmBackend",
+    "trt": "optkit.backends.trt:TrtBackend",
+}
+
+
+def backend_names() -> list[str]:
+    return list(_BACKENDS)
+
+
+def get_backend(name: str, check: bool = True) -> Backend:
+    if name not in _BACKENDS:
+        raise RecipeError(f"unknown backend {name!r}", f"available backends: {', '.join(_BACKENDS)}")
+    mod, _, cls = _BACKENDS[name].partition(":")
+    backend = getattr(importlib.import_module(mod), cls)()
+    if check:
+        backend.check()
+    return backend
+
+
+def backend_status() -> dict[str, str]:
+    """name -> 'available' or the reason it is not."""
+    out = {}
+    for name in _BACKENDS:
+        try:
+            get_backend(name)
+            out[name] = "available"
+        except BackendUnavailable as e:
+            out[name] = str(e)
+    return out
+
+
+__all__ = ["Backend", "Session", "BackendUnavailable", "get_backend", "backend_names", "backend_status"]

@@ -1,0 +1,157 @@
+"""Latency protocol and accuracy metrics.
+
+Protocol (DESIGN.md): outputs checked before timing; warm-up max(10 runs, 0.2 s); then rounds in which the
+candidate and the reference alternate (order flipped every round), each timed for max(min_runs, round_time);
+p50/p90/p99/mean/min/CV over all runs; speedup = median of per-round ratios. Cold (first) run and session
+load time are reported apart.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .artifact import read_manifest
+from .backends import get_backend
+from .data import Samples, get_samples
+from .env import environment
+from .errors import InputError
+from .metrics import compare, top1
+from .model import load_model, sha256_file
+
+
+def stats(times_s: list[float], batch: int = 1) -> dict:
+    t = np.asarray(times_s, dtype=np.float64) * 1e3
+    mean = float(t.mean())
+    return {"runs": int(t.size), "p50_ms": float(np.percentile(t, 50)), "p90_ms": float(np.percentile(t, 90)),
+            "p99_ms": float(np.percentile(t, 99)), "mean_ms": mean, "min_ms": float(t.min()),
+            "std_ms": float(t.std()), "cv": float(t.std() / mean) if mean else 0.0,
+            "throughput": float(batch * 1e3 / mean) if mean else 0.0, "batch": batch}
+
+
+def _time_for(run, feed, min_runs: int, min_seconds: float) -> list[float]:
+    out, start = [], time.perf_counter()
+    while len(out) < min_runs or time.perf_counter() - start < min_seconds:
+        t0 = time.perf_counter()
+        run(feed)
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+def time_sessions(sessions: dict, feed: dict, *, rounds: int = 5, round_runs: int = 20, round_time: float = 0.5,
+                  warmup_runs: int = 10, warmup_time: float = 0.2, batch: int = 1) -> dict:
+    """Alternating timing of several sessions on one feed. Returns per-session stats and per-round medians."""
+    names = list(sessions)
+    for n in names:
+        _time_for(sessions[n].run, feed, warmup_runs, warmup_time)
+    all_times = {n: [] for n in names}
+    round_medians = {n: [] for n in names}
+    for r in range(rounds):
+        for n in (names if r % 2 == 0 else names[::-1]):
+            ts = _time_for(sessions[n].run, feed, round_runs, round_time)
+            all_times[n].extend(ts)
+            round_medians[n].append(float(np.median(ts)) * 1e3)
+    return {n: {**stats(all_times[n], batch), "round_p50_ms": round_medians[n]} for n in names}
+
+
+def speedup(ref_rounds: list[float], cand_rounds: list[float]) -> dict:
+    ratios = [r / c for r, c in zip(ref_rounds, cand_rounds) if c > 0]
+    return {"median": float(np.median(ratios)), "min": float(min(ratios)), "max": float(max(ratios)), "rounds": ratios}
+
+
+def resolve_target(target: str | Path) -> dict:
+    """A .onnx file or an artifact directory -> the model to run and what the manifest knows."""
+    p = Path(target)
+    if p.is_dir():
+        man = read_manifest(p)
+        return {"model": p / man["output"]["path"], "artifact": p, "manifest": man}
+    return {"model": p, "artifact": None, "manifest": None}
+
+
+def bench(target: str | Path, *, backend: str = "ort", reference: str | Path | None = None, data: str | Path | None = None,
+          shapes: dict | None = None, threads: int = 1, batch: int | None = None, rounds: int = 5,
+          round_runs: int = 20, round_time: float = 0.5, warn=None) -> dict:
+    """Latency (alternating vs the reference when there is one) and accuracy of a model or artifact."""
+    warn = warn or (lambda msg: None)
+    t = resolve_target(target)
+    man = t["manifest"]
+    model = load_model(t["model"])
+    be = get_backend(backend)
+    ref_path = Path(reference) if reference else None
+    if ref_path is None and man is not None:
+        cand = Path(man["input"]["path"])
+        if cand.is_file() and sha256_file(cand) == man["input"]["sha256"]:
+            ref_path = cand
+        else:
+            warn(f"the artifact's input model {cand} is missing or changed since optimize; no reference comparison "
+                 "(pass --reference FP32.onnx)")
+    if ref_path is not None:
+        load_model(ref_path)  # clear error for a bad reference
+    if data is None and man is not None and man["data"].get("path") and Path(man["data"]["path"]).exists():
+        data = man["data"]["path"]
+    if shapes is None and man is not None and man.get("user_shapes"):
+        shapes = {k: tuple(v) for k, v in man["user_shapes"].items()}
+    samples: Samples = get_samples(model, data, shapes)
+    for w in samples.warnings:
+        warn(w)
+    if batch:
+        samples = _rebatch(samples, batch, model)
+    first = samples.feeds[0]
+    feed_batch = int(next(iter(first.values())).shape[0]) if first and next(iter(first.values())).ndim else 1
+    opts = be.Options()
+    sessions, load_ms, cold_ms = {}, {}, {}
+    try:
+        for role, path in (("candidate", t["model"]), ("reference", ref_path)):
+            if path is None:
+                continue
+            t0 = time.perf_counter()
+            sessions[role] = be.load(Path(path), threads=threads, options=opts)
+            load_ms[role] = (time.perf_counter() - t0) * 1e3
+            t0 = time.perf_counter()
+            sessions[role].run(first)
+            cold_ms[role] = (time.perf_counter() - t0) * 1e3
+        # outputs are checked before any timing
+        outs = {role: [s.run(f) for f in samples.feeds] for role, s in sessions.items()}
+        accuracy = {"feeds": len(samples), "synthetic": samples.synthetic, "source": samples.source}
+        for role, o in outs.items():
+            acc = top1(o, samples.labels)
+            if acc is not None:
+                accuracy[f"top1_{role}"] = acc
+        if "reference" in outs:
+            d = compare(outs["reference"], outs["candidate"])
+            accuracy["vs_reference"] = {k: v for k, v in d.items() if k != "outputs"}
+            accuracy["vs_reference_outputs"] = d["outputs"]
+            if "top1_reference" in accuracy:
+                accuracy["top1_delta"] = accuracy["top1_candidate"] - accuracy["top1_reference"]
+        timing = time_sessions(sessions, first, rounds=rounds, round_runs=round_runs, round_time=round_time,
+                               batch=feed_batch)
+    finally:
+        for s in sessions.values():
+            s.close()
+    result = {
+        "target": str(target), "model": str(t["model"]), "reference": str(ref_path) if ref_path else None,
+        "backend": backend, "threads": threads, "inter_op_threads": 1, "batch": feed_batch,
+        "protocol": {"rounds": rounds, "round_runs": round_runs, "round_time_s": round_time, "warmup_runs": 10,
+                     "warmup_time_s": 0.2, "alternating": len(sessions) > 1},
+        "latency": {role: {k: v for k, v in s.items()} for role, s in timing.items()},
+        "load_ms": load_ms, "cold_run_ms": cold_ms, "accuracy": accuracy,
+        "environment": environment(),
+    }
+    if "reference" in timing:
+        result["speedup"] = speedup(timing["reference"]["round_p50_ms"], timing["candidate"]["round_p50_ms"])
+    if man is not None:
+        result["recipe"] = man["recipe"]["name"]
+    return result
+
+
+def _rebatch(samples: Samples, batch: int, model) -> Samples:
+    from .model import signature
+
+    if batch < 1:
+        raise InputError(f"--batch must be >= 1, got {batch}", "use a positive batch size")
+    for spec in signature(model)[0]:
+        if spec.shape and isinstance(spec.shape[0], int) and spec.shape[0] != batch:
+            raise InputError(f"--batch {batch}: input {spec.name!r} has a fixed batch dim of {spec.shape[0]}",
+                             "re-export the model with a dynamic batch axis or drop --batch")
+    return samples.batched(batch)

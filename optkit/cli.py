@@ -1,0 +1,308 @@
+"""The `optkit` command: parses arguments, calls the library, renders with rich. Nothing else lives here."""
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Offline inference optimization: ONNX passes, INT8/FP16 quantization, backends, measured latency and accuracy.")
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
+_DEBUG = False
+
+FormatOpt = typer.Option("table", "--format", help="table (rich) or json", case_sensitive=False)
+ShapeOpt = typer.Option(None, "--shape", help="static shape for an input, NAME=1x3x224x224 (repeatable)")
+
+
+def _guard(fn):
+    """One actionable line and a non-zero exit for errors; the traceback only with --debug."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from .errors import OptkitError
+
+        try:
+            return fn(*args, **kwargs)
+        except OptkitError as e:
+            if _DEBUG:
+                raise
+            err.print(f"[bold red]error:[/] {e}", markup=True, highlight=False)
+            raise typer.Exit(e.exit_code)
+        except (typer.Exit, typer.Abort, KeyboardInterrupt):
+            raise
+        except Exception as e:  # an optkit bug or a library failure we did not anticipate
+            if _DEBUG:
+                raise
+            first = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
+            err.print(f"[bold red]internal error:[/] {type(e).__name__}: {first} (rerun with --debug for the traceback)",
+                      markup=True, highlight=False)
+            raise typer.Exit(1)
+
+    return wrapper
+
+
+def _warn(msg: str) -> None:
+    err.print(f"[yellow]warning:[/] {msg}", markup=True, highlight=False)
+
+
+def _check_format(fmt: str) -> str:
+    from .errors import InputError
+
+    fmt = fmt.lower()
+    if fmt not in ("table", "json"):
+        raise InputError(f"--format must be table or json, got {fmt!r}", "use --format table or --format json")
+    return fmt
+
+
+def _print_json(data) -> None:
+    from .artifact import _jsonable
+
+    sys.stdout.write(json.dumps(data, indent=2, default=_jsonable) + "\n")
+
+
+class _RichProgress:
+    """optkit.passes.Progress backed by a rich progress bar on stderr."""
+
+    def __init__(self):
+        self._p = None
+        self._task = None
+
+    def start(self, description, total=None):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self._p = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                           console=err, transient=True)
+        self._p.start()
+        self._task = self._p.add_task(description, total=total)
+
+    def advance(self, n=1):
+        if self._p is not None:
+            self._p.advance(self._task, n)
+
+    def stop(self):
+        if self._p is not None:
+            self._p.stop()
+            self._p = None
+
+
+def _fmt_bytes(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if abs(n) < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def _fmt_diff(d: dict | None) -> str:
+    if not d:
+        return "-"
+    s = f"{d['max_abs']:.2g} / {d['cosine']:.5f}"
+    if "top1_agreement" in d:
+        s += f" / {d['top1_agreement']:.1%}"
+    return s
+
+
+@app.command()
+@_guard
+def optimize(
+    model: Path = typer.Argument(..., help="ONNX model file"),
+    recipe: str = typer.Option(..., "--recipe", "-r", help="built-in recipe name (see `optkit recipes`) or a YAML file"),
+    data: Optional[Path] = typer.Option(None, "--data", help=".npz file, stacked .npz, or directory of .npz feeds (+ optional 'labels')"),
+    shape: Optional[List[str]] = ShapeOpt,
+    output: Path = typer.Option(Path("optkit-out"), "--output", "-o", help="artifacts go to OUTPUT/<model-name>/<version>/"),
+    threads: int = typer.Option(1, "--threads", help="intra-op threads for checks and compilation"),
+    version: Optional[int] = typer.Option(None, "--version", help="artifact version (default: next free)"),
+    name: Optional[str] = typer.Option(None, "--name", help="artifact name (default: the model file's stem)"),
+    fmt: str = FormatOpt,
+):
+    """Run a recipe's passes on MODEL, check numerics after each, compile for the backend, write a versioned artifact."""
+    from .api import optimize as run
+    from .data import parse_shape_args
+
+    fmt = _check_format(fmt)
+    shapes = parse_shape_args(shape)
+    progress = _RichProgress()
+
+    def on_pass(entry):
+        if fmt == "table":
+            err.print(f"[green]✓[/] {entry['pass']}: {entry['nodes_before']} → {entry['nodes_after']} nodes, "
+                      f"{entry['seconds']:.2f} s", markup=True, highlight=False)
+
+    man = run(model, recipe, data=data, shapes=shapes, output=output, threads=threads, version=version, name=name,
+              progress=progress, warn=_warn, on_pass=on_pass)
+    if fmt == "json":
+        _print_json(man)
+        return
+    t = Table(title=f"optkit optimize · {man['recipe']['name']} · {model.name}", title_justify="left")
+    for col in ("pass", "nodes", "size", "time", "vs previous: max-abs / cosine / top-1 agree", "top-1", "notes"):
+        t.add_column(col, overflow="fold")
+    for e in man["pass_log"]:
+        t.add_row(e["pass"], f"{e['nodes_before']} → {e['nodes_after']}",
+                  f"{_fmt_bytes(e['bytes_before'])} → {_fmt_bytes(e['bytes_after'])}", f"{e['seconds']:.2f} s",
+                  _fmt_diff(e.get("vs_previous")), f"{e['top1']:.2%}" if "top1" in e else "-", "; ".join(e["notes"]))
+    out.print(t)
+    acc = man["accuracy"]
+    if acc:
+        line = f"vs input model on {acc['feeds']} feed(s){' (synthetic)' if acc['synthetic'] else ''}: " \
+               f"max-abs {acc['vs_input']['max_abs']:.3g}, cosine {acc['vs_input']['cosine']:.5f}"
+        if "top1_agreement" in acc["vs_input"]:
+            line += f", top-1 agreement {acc['vs_input']['top1_agreement']:.2%}"
+        if "top1_input" in acc:
+            line += f"; top-1 {acc['top1_input']:.2%} → {acc['top1_output']:.2%} ({acc['top1_delta']:+.2%})"
+        out.print(line, highlight=False)
+    i, o = man["input"]["info"], man["output"]["info"]
+    out.print(f"size {_fmt_bytes(i['bytes'])} → {_fmt_bytes(o['bytes'])}, nodes {i['nodes']} → {o['nodes']}, "
+              f"optimize {man['optimize_seconds']:.1f} s", highlight=False)
+    out.print(f"artifact: [bold]{man['artifact']}[/]  (measure it: optkit bench {man['artifact']})", markup=True, highlight=False)
+
+
+@app.command()
+@_guard
+def bench(
+    target: Path = typer.Argument(..., help="ONNX model file or optkit artifact directory"),
+    backend: str = typer.Option("ort", "--backend", help="backend to run on"),
+    reference: Optional[Path] = typer.Option(None, "--reference", help="FP32 model to compare with (default: the artifact's input)"),
+    data: Optional[Path] = typer.Option(None, "--data", help="feeds (+ 'labels' for top-1); default: the artifact's --data"),
+    shape: Optional[List[str]] = ShapeOpt,
+    threads: int = typer.Option(1, "--threads", help="intra-op threads (1 = the reported default)"),
+    batch: Optional[int] = typer.Option(None, "--batch", help="regroup samples into batches of N along axis 0"),
+    rounds: int = typer.Option(5, "--rounds", help="timing rounds (candidate and reference alternate)"),
+    round_time: float = typer.Option(0.5, "--round-time", help="seconds per variant per round (at least 20 runs)"),
+    json_file: Optional[Path] = typer.Option(None, "--json", help="also write the result to this JSON file"),
+    fmt: str = FormatOpt,
+):
+    """Latency percentiles and accuracy of a model or artifact, alternating with its FP32 reference."""
+    from .artifact import write_json
+    from .bench import bench as run
+    from .data import parse_shape_args
+
+    fmt = _check_format(fmt)
+    res = run(target, backend=backend, reference=reference, data=data, shapes=parse_shape_args(shape) or None,
+              threads=threads, batch=batch, rounds=rounds, round_time=round_time, warn=_warn)
+    if json_file:
+        write_json(json_file, res)
+    if fmt == "json":
+        _print_json(res)
+        return
+    t = Table(title=f"optkit bench · {res['backend']} · {res['threads']} thread(s) · batch {res['batch']}", title_justify="left")
+    for col in ("model", "p50 ms", "p90 ms", "p99 ms", "mean ms", "CV", "items/s", "load ms", "cold ms", "top-1"):
+        t.add_column(col, justify="left" if col == "model" else "right")
+    acc = res["accuracy"]
+    for role in ("reference", "candidate"):
+        if role not in res["latency"]:
+            continue
+        s = res["latency"][role]
+        label = Path(res["model" if role == "candidate" else "reference"]).name
+        t.add_row(f"{role}: {label}", f"{s['p50_ms']:.3f}", f"{s['p90_ms']:.3f}", f"{s['p99_ms']:.3f}", f"{s['mean_ms']:.3f}",
+                  f"{s['cv']:.1%}", f"{s['throughput']:.1f}", f"{res['load_ms'][role]:.0f}", f"{res['cold_run_ms'][role]:.1f}",
+                  f"{acc[f'top1_{role}']:.2%}" if f"top1_{role}" in acc else "-")
+    out.print(t)
+    if "speedup" in res:
+        sp = res["speedup"]
+        out.print(f"speedup vs reference: [bold]{sp['median']:.2f}x[/] (median of {len(sp['rounds'])} alternating rounds, "
+                  f"range {sp['min']:.2f}-{sp['max']:.2f})", markup=True, highlight=False)
+    if "vs_reference" in acc:
+        d = acc["vs_reference"]
+        line = f"vs reference on {acc['feeds']} feed(s){' (synthetic)' if acc['synthetic'] else ''}: max-abs {d['max_abs']:.3g}, cosine {d['cosine']:.5f}"
+        if "top1_agreement" in d:
+            line += f", top-1 agreement {d['top1_agreement']:.2%}"
+        if "top1_delta" in acc:
+            line += f"; top-1 delta {acc['top1_delta']:+.2%}"
+        out.print(line, highlight=False)
+
+
+@app.command()
+@_guard
+def inspect(
+    model: Path = typer.Argument(..., help="ONNX model file"),
+    shape: Optional[List[str]] = ShapeOpt,
+    fmt: str = FormatOpt,
+):
+    """Signature, opsets, op histogram, parameters, FLOPs and size of an ONNX model."""
+    from .api import inspect as run
+    from .data import parse_shape_args
+
+    fmt = _check_format(fmt)
+    info = run(model, parse_shape_args(shape))
+    if fmt == "json":
+        _print_json(info)
+        return
+    out.print(f"[bold]{model}[/]  IR {info['ir_version']}, opsets {info['opsets']}, producer {info['producer'] or '-'}",
+              markup=True, highlight=False)
+    sig = Table(title="signature", title_justify="left")
+    for col in ("", "name", "dtype", "shape"):
+        sig.add_column(col)
+    for kind in ("inputs", "outputs"):
+        for s in info[kind]:
+            sig.add_row(kind[:-1], s["name"], s["dtype"], "[" + ", ".join(str(d) for d in s["shape"]) + "]")
+    out.print(sig)
+    ops = Table(title="ops", title_justify="left")
+    ops.add_column("op")
+    ops.add_column("count", justify="right")
+    for k, v in info["ops"].items():
+        ops.add_row(k, str(v))
+    out.print(ops)
+    fl = info["flops"]
+    out.print(f"nodes {info['nodes']}, params {info['params']:,}, size {_fmt_bytes(info['file_bytes'])}, "
+              f"FLOPs {fl['total'] / 1e6:,.1f} M (Conv/Gemm/MatMul at {info['flops_shapes']})"
+              + (f" - {fl['note']}" if fl.get("note") else ""), highlight=False)
+
+
+@app.command()
+@_guard
+def recipes(fmt: str = FormatOpt):
+    """List the built-in recipes."""
+    from .recipe import list_recipes
+
+    fmt = _check_format(fmt)
+    rows = list_recipes()
+    if fmt == "json":
+        _print_json(rows)
+        return
+    t = Table(title="built-in recipes (or pass --recipe path/to/recipe.yaml)", title_justify="left")
+    for col in ("recipe", "backend", "passes", "description"):
+        t.add_column(col, overflow="fold")
+    for r in rows:
+        t.add_row(r["name"], r["backend"], " → ".join(r["passes"]), r["description"])
+    out.print(t)
+
+
+@app.command()
+@_guard
+def passes(fmt: str = FormatOpt):
+    """List the passes with their options."""
+    from .passes import list_passes
+
+    fmt = _check_format(fmt)
+    rows = list_passes()
+    if fmt == "json":
+        _print_json(rows)
+        return
+    t = Table(title="passes", title_justify="left", show_lines=True)
+    for col in ("pass", "exact", "description", "options (default)"):
+        t.add_column(col, overflow="fold")
+    for r in rows:
+        opts = "\n".join(f"{o['name']} = {o['default']!r}" + (f" [{'|'.join(map(str, o['choices']))}]" if o["choices"] else "")
+                         + f": {o['doc']}" for o in r["options"])
+        t.add_row(r["name"], "yes" if r["exact"] else "no", r["doc"], opts or "-")
+    out.print(t)
+
+
+def main(argv: list[str] | None = None) -> None:
+    global _DEBUG
+    args = list(sys.argv[1:] if argv is None else argv)
+    if "--debug" in args:
+        _DEBUG = True
+        args.remove("--debug")
+    app(args=args, prog_name="optkit")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,243 @@
+"""Sample inputs: loaded from ``--data`` (.npz file, directory, or stacked .npz) or synthesized from the signature."""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from .errors import InputError
+from .model import TensorSpec, signature
+
+LABELS_KEY = "labels"
+_BATCH_NAMES = re.compile(r"^(batch|batch_size|n|b|bs|N|unk__\d+)$", re.I)
+
+
+@dataclass
+class Samples:
+    """A list of feeds (input name -> array), optional labels per feed, and where they came from."""
+
+    feeds: list[dict[str, np.ndarray]]
+    labels: list[np.ndarray] | None = None
+    synthetic: bool = False
+    source: str = ""
+    warnings: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.feeds)
+
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        return {k: tuple(v.shape) for k, v in self.feeds[0].items()} if self.feeds else {}
+
+    def head(self, n: int) -> "Samples":
+        return Samples(self.feeds[:n], self.labels[:n] if self.labels else None, self.synthetic, self.source)
+
+    def batched(self, batch: int) -> "Samples":
+        """Regroup feeds into feeds of ``batch`` rows along axis 0 (drops a ragged tail)."""
+        names = list(self.feeds[0])
+        cat = {k: np.concatenate([f[k] for f in self.feeds], axis=0) for k in names}
+        rows = cat[names[0]].shape[0]
+        if rows < batch:
+            reps = -(-batch // rows)
+            cat = {k: np.concatenate([v] * reps, axis=0) for k, v in cat.items()}
+            rows = cat[names[0]].shape[0]
+        labels = np.concatenate(self.labels, axis=0) if self.labels else None
+        if labels is not None and labels.shape[0] < rows:
+            labels = np.concatenate([labels] * (-(-rows // labels.shape[0])), axis=0)
+        feeds, labs = [], []
+        for i in range(0, rows - batch + 1, batch):
+            feeds.append({k: v[i:i + batch] for k, v in cat.items()})
+            if labels is not None:
+                labs.append(labels[i:i + batch])
+        return Samples(feeds, labs if labels is not None else None, self.synthetic, self.source)
+
+
+def parse_shape_args(items: list[str] | None) -> dict[str, tuple[int, ...]]:
+    """``["input=1x3x224x224", "ids=1,128"]`` -> {"input": (1, 3, 224, 224), "ids": (1, 128)}."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    for item in items or []:
+        name, sep, dims = item.partition("=")
+        try:
+            if not sep or not name:
+                raise ValueError
+            shapes[name.strip()] = tuple(int(d) for d in re.split(r"[x,]", dims.strip()) if d != "")
+            if not shapes[name.strip()] or min(shapes[name.strip()]) <= 0:
+                raise ValueError
+        except ValueError:
+            raise InputError(f"bad --shape {item!r}", "use NAME=DIMS, e.g. --shape input=1x3x224x224") from None
+    return shapes
+
+
+def resolve_shapes(inputs: list[TensorSpec], shapes: dict[str, tuple[int, ...]] | None) -> dict[str, tuple[int, ...]]:
+    """Static shape per input: from ``shapes`` when given, else the model's dims with a batch-like
+    leading symbolic dim set to 1. Any other symbolic dim without a given shape is an error."""
+    shapes = dict(shapes or {})
+    names = {s.name for s in inputs}
+    for name in shapes:
+        if name not in names:
+            raise InputError(f"--shape names unknown input {name!r}", f"the model's inputs are {sorted(names)}")
+    out = {}
+    for s in inputs:
+        if s.name in shapes:
+            given = shapes[s.name]
+            if len(given) != len(s.shape):
+                raise InputError(f"--shape {s.name} has rank {len(given)}, the model expects rank {len(s.shape)} {_fmt(s.shape)}",
+                                 "give one value per dimension")
+            for i, (g, d) in enumerate(zip(given, s.shape)):
+                if isinstance(d, int) and d != g:
+                    raise InputError(f"--shape {s.name} sets dim {i} to {g}, but the model fixes it to {d}",
+                                     f"use {_fmt(s.shape)} with symbolic dims filled in")
+            out[s.name] = tuple(given)
+            continue
+        dims = []
+        for i, d in enumerate(s.shape):
+            if isinstance(d, int):
+                dims.append(d)
+            elif i == 0 and (d is None or _BATCH_NAMES.match(str(d))):
+                dims.append(1)
+            else:
+                raise InputError(
+                    f"input {s.name!r} has symbolic dim {d!r} at axis {i} {_fmt(s.shape)} and no value for it",
+                    f"give --shape {s.name}={'x'.join(str(x) if isinstance(x, int) else ('1' if j == 0 else 'N') for j, x in enumerate(s.shape))} "
+                    "or pass --data")
+        out[s.name] = tuple(dims)
+    return out
+
+
+def _fmt(shape) -> str:
+    return "[" + ", ".join(str(d) for d in shape) + "]"
+
+
+def _gather_vocab(model: onnx.ModelProto, name: str) -> int | None:
+    """If an integer input indexes a Gather over an initializer (an embedding), its row count."""
+    inits = {t.name: t for t in model.graph.initializer}
+    for n in model.graph.node:
+        if n.op_type == "Gather" and len(n.input) > 1 and n.input[1] == name and n.input[0] in inits:
+            return int(inits[n.input[0]].dims[0])
+    return None
+
+
+def synthetic_samples(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]] | None = None,
+                      n: int = 8, seed: int = 0) -> Samples:
+    """Random feeds from the signature: floats ~ N(0,1), masks = 1, token types = 0, ids in the embedding range."""
+    inputs, _ = signature(model)
+    static = resolve_shapes(inputs, shapes)
+    rng = np.random.default_rng(seed)
+    feeds = []
+    for _ in range(n):
+        feed = {}
+        for s in inputs:
+            shape, dt = static[s.name], np.dtype(s.dtype)
+            lname = s.name.lower()
+            if dt.kind == "f":
+                feed[s.name] = rng.standard_normal(shape).astype(dt)
+            elif dt.kind == "b":
+                feed[s.name] = np.ones(shape, dt)
+            elif "mask" in lname:
+                feed[s.name] = np.ones(shape, dt)
+            elif "type" in lname or "segment" in lname:
+                feed[s.name] = np.zeros(shape, dt)
+            else:
+                high = _gather_vocab(model, s.name) or 2
+                feed[s.name] = rng.integers(0, high, size=shape).astype(dt)
+        feeds.append(feed)
+    return Samples(feeds, None, synthetic=True, source="synthetic",
+                   warnings=["no --data given: using synthetic random inputs; accuracy numbers are fidelity to "
+                             "the FP32 model on noise, and calibration on synthetic data is not representative"])
+
+
+def load_samples(path: str | Path, model: onnx.ModelProto, limit: int | None = None) -> Samples:
+    """Feeds from a .npz (one feed, or a stack with one extra leading axis) or a directory of .npz files.
+
+    An array named ``labels`` holds class labels (per feed, or per stacked feed)."""
+    p = Path(path)
+    if not p.exists():
+        raise InputError(f"--data path not found: {p}", "pass a .npz file or a directory of .npz files")
+    files = sorted(p.glob("*.npz")) if p.is_dir() else [p]
+    if not files:
+        raise InputError(f"--data directory {p} holds no .npz files", "save feeds with numpy.savez(name=array, ...)")
+    inputs, _ = signature(model)
+    specs = {s.name: s for s in inputs}
+    feeds: list[dict[str, np.ndarray]] = []
+    labels: list[np.ndarray] = []
+    for f in files:
+        try:
+            with np.load(f, allow_pickle=False) as z:
+                arrays = {k: z[k] for k in z.files}
+        except Exception as e:
+            raise InputError(f"cannot read --data file {f}: {type(e).__name__}",
+                             "write it with numpy.savez(path, input_name=array, ...)") from e
+        lab = arrays.pop(LABELS_KEY, None)
+        unknown = sorted(set(arrays) - set(specs))
+        missing = sorted(set(specs) - set(arrays))
+        if unknown or missing:
+            raise InputError(
+                f"--data {f.name} does not match the model inputs"
+                + (f": unknown {unknown}" if unknown else "") + (f", missing {missing}" if missing else ""),
+                f"name the arrays after the model inputs {sorted(specs)} (plus optional '{LABELS_KEY}')")
+        stacked = {k: _is_stacked(specs[k], v) for k, v in arrays.items()}
+        if len(set(stacked.values())) > 1:
+            raise InputError(f"--data {f.name}: some arrays are stacked (extra leading axis) and some are not",
+                             "stack all inputs the same way")
+        for k, v in arrays.items():
+            _check_array(specs[k], v[0] if stacked[k] else v, f.name)
+        if any(stacked.values()):
+            counts = {v.shape[0] for v in arrays.values()}
+            if len(counts) != 1:
+                raise InputError(f"--data {f.name}: stacked arrays have different counts {sorted(counts)}",
+                                 "stack the same number of feeds for every input")
+            count = counts.pop()
+            for i in range(count):
+                feeds.append({k: _cast(specs[k], v[i]) for k, v in arrays.items()})
+                if lab is not None:
+                    labels.append(np.asarray(lab[i]).reshape(-1))
+        else:
+            feeds.append({k: _cast(specs[k], v) for k, v in arrays.items()})
+            if lab is not None:
+                labels.append(np.asarray(lab).reshape(-1))
+        if limit and len(feeds) >= limit:
+            break
+    if limit:
+        feeds, labels = feeds[:limit], labels[:limit]
+    if labels and len(labels) != len(feeds):
+        raise InputError(f"--data {p}: '{LABELS_KEY}' is present in some files only", "give labels for every feed or none")
+    return Samples(feeds, labels or None, synthetic=False, source=str(p))
+
+
+def _is_stacked(spec: TensorSpec, arr: np.ndarray) -> bool:
+    return arr.ndim == len(spec.shape) + 1
+
+
+def _check_array(spec: TensorSpec, arr: np.ndarray, fname: str) -> None:
+    if arr.ndim != len(spec.shape):
+        raise InputError(f"--data {fname}: '{spec.name}' has shape {list(arr.shape)}, the model expects {_fmt(spec.shape)}",
+                         "fix the array's rank (add a leading axis to stack several feeds)")
+    for i, (a, d) in enumerate(zip(arr.shape, spec.shape)):
+        if isinstance(d, int) and a != d:
+            raise InputError(f"--data {fname}: '{spec.name}' has shape {list(arr.shape)}, the model expects {_fmt(spec.shape)} (axis {i})",
+                             "resize or re-export the data to the model's input shape")
+    want = np.dtype(spec.dtype)
+    if arr.dtype != want and not np.can_cast(arr.dtype, want, casting="same_kind"):
+        raise InputError(f"--data {fname}: '{spec.name}' is {arr.dtype}, the model expects {want}",
+                         f"save it as {want}")
+
+
+def _cast(spec: TensorSpec, arr: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(arr, dtype=np.dtype(spec.dtype))
+
+
+def get_samples(model: onnx.ModelProto, data: str | Path | None, shapes: dict[str, tuple[int, ...]] | None,
+                limit: int | None = None, n_synthetic: int = 8) -> Samples:
+    """``--data`` when given, else synthetic feeds (with a warning)."""
+    if data:
+        s = load_samples(data, model, limit)
+        if shapes:
+            for name, shp in shapes.items():
+                got = s.feeds[0].get(name)
+                if got is not None and tuple(got.shape) != tuple(shp):
+                    raise InputError(f"--shape {name}={'x'.join(map(str, shp))} disagrees with --data ({list(got.shape)})",
+                                     "drop --shape or make the data match")
+        return s
+    return synthetic_samples(model, shapes, n=n_synthetic)

@@ -1,0 +1,42 @@
+"""Errors a user can act on: one line saying what is wrong and what to do next."""
+from __future__ import annotations
+
+
+class OptkitError(Exception):
+    """Base class. ``str(err)`` is the one line the CLI prints (no traceback unless --debug)."""
+
+    exit_code = 2
+
+    def __init__(self, what: str, hint: str | None = None):
+        self.what = what
+        self.hint = hint
+        super().__init__(what)
+
+    def __str__(self) -> str:
+        return f"{self.what}; {self.hint}" if self.hint else self.what
+
+
+class InputError(OptkitError):
+    """The model file, data, shapes or output directory the user gave cannot be used."""
+
+
+class RecipeError(OptkitError):
+    """A recipe (or a pass name / option in it) is unknown or invalid."""
+
+
+class PassError(OptkitError):
+    """A pass failed or broke numerics; the message names the pass and the passes before it."""
+
+    exit_code = 3
+
+
+class BackendUnavailable(OptkitError):
+    """A backend's library or hardware is missing here."""
+
+    exit_code = 4
+
+
+class ToleranceMiss(OptkitError):
+    """The result was produced but misses the accuracy the user asked for."""
+
+    exit_code = 5

@@ -1,0 +1,1 @@
+"""Bundled example models built from data that packages ship (no downloads)."""

@@ -1,0 +1,90 @@
+"""Operator fusion through maintained rule sets.
+
+- transformers: onnxruntime.transformers' optimizer (Attention, LayerNorm, GELU, SkipLayerNorm, bias fusions);
+- convolutional / MLP graphs: onnxslim's fusion patterns (Conv+BN, Conv+Add, Conv+Mul, Pad+Conv,
+  MatMul+Add -> Gemm, ...).
+The pass log says which fusions fired and which did not.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import onnx
+
+from . import Context, Pass, PassConfig, PassResult, option, register_pass
+from .simplify import histogram_delta
+
+_TRANSFORMER_TYPES = ("bert", "bart", "gpt2", "vit", "clip", "t5", "phi", "conformer", "swin")
+_REPORTED = ("EmbedLayerNormalization", "Attention", "MultiHeadAttention", "SkipLayerNormalization",
+             "LayerNormalization", "BiasGelu", "Gelu", "FastGelu", "GemmFastGelu")
+
+
+def looks_like_transformer(model: onnx.ModelProto) -> bool:
+    ops = {n.op_type for n in model.graph.node}
+    has_norm = "LayerNormalization" in ops or {"ReduceMean", "Pow", "Sqrt"} <= ops or "SkipLayerNormalization" in ops
+    return "Softmax" in ops and "MatMul" in ops and has_norm
+
+
+@dataclass(frozen=True)
+class FuseConfig(PassConfig):
+    model_type: str = option("auto", "transformer family for ORT's optimizer; auto = detect (bert-style encoder) or none",
+                             choices=("auto", "none") + _TRANSFORMER_TYPES)
+    num_heads: int = option(0, "attention heads; 0 = let ORT detect from the graph")
+    hidden_size: int = option(0, "hidden size; 0 = let ORT detect from the graph")
+    attention: bool = option(True, "fuse attention subgraphs into the Attention op")
+    gelu_approximation: bool = option(False, "replace Gelu by FastGelu (tanh approximation; changes numerics)")
+    graph_patterns: str = option("auto", "onnxslim patterns (Conv+BN, MatMul+Add->Gemm, ...): auto = for non-transformers",
+                                 choices=("auto", "yes", "no"))
+
+
+@register_pass
+class Fuse(Pass):
+    name = "fuse"
+    doc = "Operator fusion: ORT transformer fusions (attention, LayerNorm, GELU, ...) and onnxslim Conv/Gemm patterns; exact."
+    Config = FuseConfig
+    exact = True
+
+    def run(self, model: onnx.ModelProto, ctx: Context) -> PassResult:
+        cfg: FuseConfig = self.config
+        notes: list[str] = []
+        mtype = cfg.model_type
+        if mtype == "auto":
+            mtype = "bert" if looks_like_transformer(model) else "none"
+            notes.append(f"model type: {mtype} (detected)")
+        out = model
+        if mtype != "none":
+            out, fired, missed = _ort_transformer_fusion(out, mtype, cfg)
+            notes.append("fired: " + (", ".join(f"{k}x{v}" for k, v in fired.items()) or "none"))
+            if missed:
+                notes.append("did not fire (pattern not found): " + ", ".join(missed))
+        if cfg.graph_patterns == "yes" or (cfg.graph_patterns == "auto" and mtype == "none"):
+            before = out
+            out = _onnxslim_fusion(out)
+            delta = histogram_delta(before, out)
+            notes.append("onnxslim patterns: " + (", ".join(delta) if delta else "nothing left to fuse"))
+        return PassResult(out, modified=bool(histogram_delta(model, out)), notes=notes)
+
+
+def _ort_transformer_fusion(model: onnx.ModelProto, mtype: str, cfg: FuseConfig):
+    from onnxruntime.transformers.fusion_options import FusionOptions
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    opts = FusionOptions(mtype)
+    opts.enable_attention = cfg.attention
+    opts.enable_gelu_approximation = cfg.gelu_approximation
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    optimized = optimize_model(m, model_type=mtype, num_heads=cfg.num_heads, hidden_size=cfg.hidden_size,
+                               optimization_options=opts, opt_level=0, only_onnxruntime=False)
+    stats = optimized.get_fused_operator_statistics()
+    fired = {k: v for k, v in stats.items() if v}
+    missed = [k for k in _REPORTED if k in stats and not stats[k]
+              and not (k == "Attention" and not cfg.attention)
+              and not (k in ("Gelu", "FastGelu", "GemmFastGelu", "MultiHeadAttention", "LayerNormalization") )]
+    return optimized.model, fired, missed
+
+
+def _onnxslim_fusion(model: onnx.ModelProto) -> onnx.ModelProto:
+    import onnxslim
+
+    return onnxslim.slim(model)

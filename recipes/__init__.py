@@ -1,0 +1,1 @@
+"""Built-in recipes (YAML). Installed as the package ``optkit.recipes``."""
