@@ -13,8 +13,9 @@ from rich.table import Table
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Offline inference optimization: ONNX passes, INT8/FP16 quantization, backends, measured latency and accuracy.")
-out = Console(soft_wrap=True)
-err = Console(stderr=True, soft_wrap=True)
+# Piped output (CI logs, files) gets a wide console instead of rich's 80-column default.
+out = Console(width=None if sys.stdout.isatty() else 160)
+err = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 _DEBUG = False
 
 FormatOpt = typer.Option("table", "--format", help="table (rich) or json", case_sensitive=False)
@@ -141,13 +142,16 @@ def optimize(
         _print_json(man)
         return
     t = Table(title=f"optkit optimize · {man['recipe']['name']} · {model.name}", title_justify="left")
-    for col in ("pass", "nodes", "size", "time", "vs previous: max-abs / cosine / top-1 agree", "top-1", "notes"):
-        t.add_column(col, overflow="fold")
+    for col in ("pass", "nodes", "size", "time", "vs previous: max-abs / cosine / top-1 agree", "vs input", "top-1"):
+        t.add_column(col)
     for e in man["pass_log"]:
         t.add_row(e["pass"], f"{e['nodes_before']} → {e['nodes_after']}",
                   f"{_fmt_bytes(e['bytes_before'])} → {_fmt_bytes(e['bytes_after'])}", f"{e['seconds']:.2f} s",
-                  _fmt_diff(e.get("vs_previous")), f"{e['top1']:.2%}" if "top1" in e else "-", "; ".join(e["notes"]))
+                  _fmt_diff(e.get("vs_previous")), _fmt_diff(e.get("vs_input")), f"{e['top1']:.2%}" if "top1" in e else "-")
     out.print(t)
+    for e in man["pass_log"]:
+        for note in e["notes"]:
+            out.print(f"  [bold]{e['pass']}[/]: {note}", markup=True, highlight=False)
     acc = man["accuracy"]
     if acc:
         line = f"vs input model on {acc['feeds']} feed(s){' (synthetic)' if acc['synthetic'] else ''}: " \

@@ -81,7 +81,12 @@ def _ort_transformer_fusion(model: onnx.ModelProto, mtype: str, cfg: FuseConfig)
     missed = [k for k in _REPORTED if k in stats and not stats[k]
               and not (k == "Attention" and not cfg.attention)
               and not (k in ("Gelu", "FastGelu", "GemmFastGelu", "MultiHeadAttention", "LayerNormalization") )]
-    return optimized.model, fired, missed
+    out = optimized.model
+    # ORT adds the com.microsoft opset import only when saving to a file; declare every domain the nodes use.
+    declared = {o.domain for o in out.opset_import}
+    for domain in sorted({n.domain for n in out.graph.node} - declared - {"", "ai.onnx"}):
+        out.opset_import.append(onnx.helper.make_opsetid(domain, 1))
+    return out, fired, missed
 
 
 def _onnxslim_fusion(model: onnx.ModelProto) -> onnx.ModelProto:

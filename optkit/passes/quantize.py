@@ -7,6 +7,8 @@ the host ISA, calibration feeds from ``--data``, and a count of what was actuall
 from __future__ import annotations
 
 import collections
+import contextlib
+import logging
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,8 +59,21 @@ def quantized_summary(before: onnx.ModelProto, after: onnx.ModelProto) -> str:
     return "quantized ops: " + (", ".join(parts) if parts else "none (nothing matched op_types)")
 
 
+@contextlib.contextmanager
+def _quiet_root_logger():
+    """onnxruntime.quantization logs 'Please consider pre-processing' on the root logger even after optkit
+    ran the pre-processing (it looks for a marker only its own script writes); keep that out of user output."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
 def _run_quantizer(fn, model: onnx.ModelProto, **kwargs) -> onnx.ModelProto:
-    with tempfile.TemporaryDirectory(prefix="optkit-q-") as d:
+    with tempfile.TemporaryDirectory(prefix="optkit-q-") as d, _quiet_root_logger():
         src, dst = Path(d) / "in.onnx", Path(d) / "out.onnx"
         big = tensor_bytes(model) >= EXTERNAL_DATA_THRESHOLD
         save_model(model, src)

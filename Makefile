@@ -1,0 +1,35 @@
+# Two commands for a fresh machine: `make demo` and `make test` (see README).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+OPTKIT := $(VENV)/bin/optkit
+DEMO := optkit-out/demo
+
+.PHONY: install demo test test-slow bench clean
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# the CPU build of torch on this machine's disk; any other spec can pull a multi-GB CUDA build
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	$(PY) -m optkit.examples.digits --out examples/digits
+	rm -rf $(DEMO)
+	$(OPTKIT) optimize examples/digits/digits_cnn.onnx --recipe int8-ort --data examples/digits/calib.npz --output $(DEMO)
+	$(OPTKIT) bench $(DEMO)/digits_cnn/1 --data examples/digits/test.npz
+
+test: install
+	$(PY) -m pytest -q
+
+test-slow: install
+	$(PY) -m pytest -q -m slow
+
+bench: install
+	$(PY) -m benchmarks.int8_vs_fp32
+
+clean:
+	rm -rf optkit-out examples/digits examples/encoder .pytest_cache
