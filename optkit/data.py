@@ -219,7 +219,9 @@ def _check_array(spec: TensorSpec, arr: np.ndarray, fname: str) -> None:
             raise InputError(f"--data {fname}: '{spec.name}' has shape {list(arr.shape)}, the model expects {_fmt(spec.shape)} (axis {i})",
                              "resize or re-export the data to the model's input shape")
     want = np.dtype(spec.dtype)
-    if arr.dtype != want and not np.can_cast(arr.dtype, want, casting="same_kind"):
+    # float64 -> float32 and int32 -> int64 are fine; int -> float is not (un-normalized uint8 images, say)
+    same_family = arr.dtype.kind == want.kind or (arr.dtype.kind in "iu" and want.kind in "iu")
+    if arr.dtype != want and not same_family:
         raise InputError(f"--data {fname}: '{spec.name}' is {arr.dtype}, the model expects {want}",
                          f"save it as {want}")
 

@@ -276,3 +276,29 @@ def model_info(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]] | None
         "bytes": model_bytes(model),
         "flops": flops(model, shapes),
     }
+
+
+def toposort(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Reorder the main graph's nodes topologically (some converters append nodes at the end)."""
+    g = model.graph
+    available = {i.name for i in g.input} | {t.name for t in g.initializer} | {""}
+    pending = list(g.node)
+    ordered = []
+    while pending:
+        rest = []
+        for n in pending:
+            if all(i in available for i in n.input):
+                ordered.append(n)
+                available.update(n.output)
+            else:
+                rest.append(n)
+        if len(rest) == len(pending):  # a cycle or a dangling input (e.g. from a subgraph): keep the rest as is
+            ordered.extend(rest)
+            break
+        pending = rest
+    nodes = [onnx.NodeProto() for _ in ordered]
+    for dst, src in zip(nodes, ordered):
+        dst.CopyFrom(src)
+    del g.node[:]
+    g.node.extend(nodes)
+    return model

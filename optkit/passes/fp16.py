@@ -5,6 +5,7 @@ from dataclasses import dataclass
 
 import onnx
 
+from ..model import toposort
 from . import Context, Pass, PassConfig, PassResult, option, register_pass
 
 # Ops that overflow or lose too much in FP16, or have no FP16 kernel on common EPs.
@@ -34,6 +35,7 @@ class Fp16(Pass):
         m.CopyFrom(model)
         out = convert_float_to_float16(m, keep_io_types=cfg.keep_io_types, op_block_list=list(cfg.op_blocklist),
                                        node_block_list=list(cfg.node_blocklist) or None)
+        toposort(out)  # input casts are appended at the end of the node list
         casts = sum(1 for n in out.graph.node if n.op_type == "Cast") - sum(1 for n in model.graph.node if n.op_type == "Cast")
         blocked = sorted({n.op_type for n in model.graph.node if n.op_type in cfg.op_blocklist})
         notes = [f"casts added: {casts}", "kept float32: " + (", ".join(blocked) if blocked else "none")]
