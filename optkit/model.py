@@ -97,7 +97,10 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike) -> Path:
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     if tensor_bytes(model) >= EXTERNAL_DATA_THRESHOLD:
-        onnx.save_model(model, str(p), save_as_external_data=True, all_tensors_to_one_file=True,
+        # onnx.save_model turns the given proto's tensors into external references: save a copy
+        copy = onnx.ModelProto()
+        copy.CopyFrom(model)
+        onnx.save_model(copy, str(p), save_as_external_data=True, all_tensors_to_one_file=True,
                         location=p.name + ".data", size_threshold=1024)
     else:
         onnx.save_model(model, str(p))

@@ -126,9 +126,10 @@ REPO = Path(__file__).resolve().parents[1]
 def run_cli(*args, cwd=None, timeout: float = 120) -> subprocess.CompletedProcess:
     """``python -m optkit.cli ARGS`` in a subprocess (text mode; a wide, colourless, non-interactive terminal)."""
     env = dict(os.environ)
-    env.update({"NO_COLOR": "1", "COLUMNS": "200", "TERM": "dumb", "PYTHONWARNINGS": "ignore",
+    env.update({"NO_COLOR": "1", "TERM": "dumb", "PYTHONWARNINGS": "ignore",
                 "OMP_NUM_THREADS": "1"})
-    env.pop("FORCE_COLOR", None)
+    for var in ("FORCE_COLOR", "COLUMNS", "LINES"):  # piped, like CI logs: rich picks its own width
+        env.pop(var, None)
     return subprocess.run([sys.executable, "-m", "optkit.cli", *map(str, args)], cwd=str(cwd or REPO), env=env,
                           capture_output=True, text=True, timeout=timeout)
 
