@@ -13,7 +13,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "optimize": ("optkit.api", "optimize"),
     "inspect": ("optkit.api", "inspect"),
-    "bench": ("optkit.bench", "bench"),
+    "bench": ("optkit.measure", "bench"),
     "load_recipe": ("optkit.recipe", "load_recipe"),
     "Recipe": ("optkit.recipe", "Recipe"),
     "Pipeline": ("optkit.pipeline", "Pipeline"),

@@ -184,7 +184,7 @@ def bench(
 ):
     """Latency percentiles and accuracy of a model or artifact, alternating with its FP32 reference."""
     from .artifact import write_json
-    from .bench import bench as run
+    from .measure import bench as run
     from .data import parse_shape_args
 
     fmt = _check_format(fmt)

@@ -24,8 +24,18 @@ _QTYPES = {"int8": "QInt8", "uint8": "QUInt8"}
 
 
 def prepare_for_quantization(model: onnx.ModelProto, notes: list[str]) -> onnx.ModelProto:
-    """Shape/type inference that also understands com.microsoft fused ops (what quant_pre_process does)."""
+    """Opset >= 13 (per-channel Q/DQ needs the ``axis`` attribute), then shape/type inference that also
+    understands com.microsoft fused ops (what quant_pre_process does)."""
     from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 13)
+    if opset < 13:
+        try:
+            model = onnx.version_converter.convert_version(model, 13)
+        except Exception as e:
+            raise PassError(f"opset {opset} model could not be upgraded to opset 13 for quantization ({type(e).__name__})",
+                            "re-export the model with opset >= 13") from e
+        notes.append(f"upgraded opset {opset} -> 13 (per-channel QuantizeLinear/DequantizeLinear need it)")
 
     try:
         out = SymbolicShapeInference.infer_shapes(model, auto_merge=True, guess_output_rank=True)
