@@ -44,11 +44,11 @@ def staged_version(out: Path, name: str, version: int | None = None):
 
     Nothing half-written is ever left under a version number."""
     base = out / name
+    if version is not None and version < 1:
+        raise InputError(f"--version must be >= 1, got {version}", "omit --version to take the next free one")
     created = [d for d in (base, out) if not d.exists()]
     check_writable(base)
     if version is not None:
-        if version < 1:
-            raise InputError(f"--version must be >= 1, got {version}", "omit --version to take the next free one")
         if (base / str(version)).exists():
             raise InputError(f"artifact {base / str(version)} already exists", "omit --version to take the next free one")
     stage = Path(tempfile.mkdtemp(prefix=".staging-", dir=base))

@@ -9,13 +9,15 @@ from typing import List, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Offline inference optimization: ONNX passes, INT8/FP16 quantization, backends, measured latency and accuracy.")
 # Piped output (CI logs, files) gets a wide console instead of rich's 80-column default.
 out = Console(width=None if sys.stdout.isatty() else 160)
-err = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
+# soft_wrap: an error stays one line however long it is
+err = Console(stderr=True, width=None if sys.stderr.isatty() else 160, soft_wrap=True)
 _DEBUG = False
 
 FormatOpt = typer.Option("table", "--format", help="table (rich) or json", case_sensitive=False)
@@ -34,7 +36,7 @@ def _guard(fn):
         except OptkitError as e:
             if _DEBUG:
                 raise
-            err.print(f"[bold red]error:[/] {e}", markup=True, highlight=False)
+            err.print(f"[bold red]error:[/] {escape(str(e))}", markup=True, highlight=False)
             raise typer.Exit(e.exit_code)
         except (typer.Exit, typer.Abort, KeyboardInterrupt):
             raise
@@ -42,7 +44,7 @@ def _guard(fn):
             if _DEBUG:
                 raise
             first = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
-            err.print(f"[bold red]internal error:[/] {type(e).__name__}: {first} (rerun with --debug for the traceback)",
+            err.print(f"[bold red]internal error:[/] {type(e).__name__}: {escape(first)} (rerun with --debug for the traceback)",
                       markup=True, highlight=False)
             raise typer.Exit(1)
 
@@ -50,7 +52,7 @@ def _guard(fn):
 
 
 def _warn(msg: str) -> None:
-    err.print(f"[yellow]warning:[/] {msg}", markup=True, highlight=False)
+    err.print(f"[yellow]warning:[/] {escape(msg)}", markup=True, highlight=False)
 
 
 def _check_format(fmt: str) -> str:
@@ -99,6 +101,13 @@ def _fmt_bytes(n: int) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return str(n)
+
+
+def _fmt_count(n: float) -> str:
+    for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if n >= size:
+            return f"{n / size:,.2f} {unit}"
+    return f"{n:,.0f}"
 
 
 def _fmt_diff(d: dict | None) -> str:
@@ -245,7 +254,7 @@ def inspect(
         sig.add_column(col)
     for kind in ("inputs", "outputs"):
         for s in info[kind]:
-            sig.add_row(kind[:-1], s["name"], s["dtype"], "[" + ", ".join(str(d) for d in s["shape"]) + "]")
+            sig.add_row(kind[:-1], s["name"], s["dtype"], escape("[" + ", ".join(str(d) for d in s["shape"]) + "]"))
     out.print(sig)
     ops = Table(title="ops", title_justify="left")
     ops.add_column("op")
@@ -255,7 +264,7 @@ def inspect(
     out.print(ops)
     fl = info["flops"]
     out.print(f"nodes {info['nodes']}, params {info['params']:,}, size {_fmt_bytes(info['file_bytes'])}, "
-              f"FLOPs {fl['total'] / 1e6:,.1f} M (Conv/Gemm/MatMul at {info['flops_shapes']})"
+              f"FLOPs {_fmt_count(fl['total'])} (Conv/Gemm/MatMul at {info['flops_shapes']})"
               + (f" - {fl['note']}" if fl.get("note") else ""), highlight=False)
 
 

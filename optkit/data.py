@@ -189,6 +189,9 @@ def load_samples(path: str | Path, model: onnx.ModelProto, limit: int | None = N
                 raise InputError(f"--data {f.name}: stacked arrays have different counts {sorted(counts)}",
                                  "stack the same number of feeds for every input")
             count = counts.pop()
+            if lab is not None and len(lab) != count:
+                raise InputError(f"--data {f.name}: '{LABELS_KEY}' has {len(lab)} rows for {count} stacked feeds",
+                                 "give one row of labels per stacked feed")
             for i in range(count):
                 feeds.append({k: _cast(specs[k], v[i]) for k, v in arrays.items()})
                 if lab is not None:

@@ -95,7 +95,7 @@ def bench(target: str | Path, *, backend: str = "ort", reference: str | Path | N
     samples: Samples = get_samples(model, data, shapes)
     for w in samples.warnings:
         warn(w)
-    if batch:
+    if batch is not None:
         samples = _rebatch(samples, batch, model)
     first = samples.feeds[0]
     feed_batch = int(next(iter(first.values())).shape[0]) if first and next(iter(first.values())).ndim else 1

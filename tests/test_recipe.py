@@ -37,6 +37,8 @@ def test_trt_recipe_is_symmetric_s8():
     ({"passes": [{"int8-static": {"per_channel": "yes"}}]}, r"option 'per_channel' must be true or false"),
     ({"passes": [{"int8-static": {"calibration": "magic"}}]}, r"must be one of minmax, entropy, percentile"),
     ({"passes": [{"int8-static": {"max_samples": 1.5}}]}, r"must be an integer"),
+    ({"passes": [{"int8-static": {"percentile": 200}}]}, r"'percentile' must be in \(0, 100\], got 200"),
+    ({"passes": [{"int8-static": {"max_samples": 0}}]}, r"'max_samples' must be >= 1"),
     ({"passes": [{"int8-static": {"wat": 1}}]}, r"unknown option 'wat'.*allowed options:.*calibration"),
     ({"passes": "simplify"}, r"'passes' must be a list"),
     ({"backend": "cuda", "passes": []}, r"backend must be one of ort, tvm, trt"),

@@ -41,7 +41,15 @@ class PassConfig:
         values = {}
         for name, value in data.items():
             values[name] = _coerce(value, hints[name], f"{where}option {name!r}", fields[name].metadata.get("choices"))
-        return cls(**values)
+        cfg = cls(**values)
+        problem = cfg.check()
+        if problem:
+            raise RecipeError(f"{where}{problem}", "fix the value in the recipe")
+        return cfg
+
+    def check(self) -> str | None:
+        """Cross-field or range checks; return what is wrong (one line) or None."""
+        return None
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -162,6 +162,13 @@ class StaticConfig(PassConfig):
     op_types: list[str] = option([], "op types to quantize; empty = ORT's defaults")
     exclude_nodes: list[str] = option([], "node names kept in float")
 
+    def check(self) -> str | None:
+        if not 0 < self.percentile <= 100:
+            return f"option 'percentile' must be in (0, 100], got {self.percentile}"
+        if self.max_samples < 1:
+            return f"option 'max_samples' must be >= 1, got {self.max_samples}"
+        return None
+
 
 _METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
 
