@@ -173,3 +173,13 @@ def test_int8_static_without_samples_is_a_clear_error(tmp_path):
     m = load_model(tiny_cnn(tmp_path / "cnn.onnx"))
     with pytest.raises(PassError, match="calibration samples"):
         get_pass("int8-static")().run(m, Context(samples=None))
+
+
+def test_int8_dynamic_leaves_conv_in_float_by_default(tmp_path):
+    m = load_model(tiny_cnn(tmp_path / "cnn.onnx"))
+    ctx = _ctx(m)
+    res = _run("int8-dynamic", m, ctx)
+    assert "ConvInteger" not in _ops(res.model) and "Conv" in _ops(res.model)
+    assert any("left in float: Conv" in n for n in res.notes)
+    forced = _run("int8-dynamic", m, ctx, op_types=["Conv"])
+    assert "ConvInteger" in _ops(forced.model)
