@@ -12,7 +12,7 @@ from .artifact import MANIFEST, MANIFEST_SCHEMA, staged_version, write_json
 from .backends import get_backend
 from .data import get_samples, resolve_shapes
 from .env import environment
-from .errors import InputError
+from .errors import InputError, ToleranceMiss
 from .hw import cpu_features
 from .metrics import top1
 from .model import load_model, model_info, save_model, sha256_file, signature
@@ -46,11 +46,18 @@ def inspect(model: str | Path, shapes: dict | None = None) -> dict:
 def optimize(model: str | Path, recipe: str | Path | Recipe, *, data: str | Path | None = None,
              shapes: dict | None = None, output: str | Path = "optkit-out", threads: int = 1,
              version: int | None = None, name: str | None = None, progress: Progress | None = None,
-             warn=None, on_pass=None) -> dict:
+             warn=None, on_pass=None, tolerance: str | None = None, metric: str = "auto", budget: str | None = None,
+             max_trials: int = 24, allow_miss: bool = False, force: bool = False) -> dict:
     """Run ``recipe`` on an ONNX model and write ``output/<name>/<version>/`` (model.onnx, compiled/, manifest.json).
 
     Returns the manifest (with ``artifact`` = the version directory). Validation happens before anything is
     written; a failure leaves no partial artifact behind and never touches the input file.
+
+    ``tolerance`` ('1%', 'abs:0.005') turns on the accuracy-aware search for quantization/pruning/low-rank passes
+    (``metric``: auto|top1|cosine|agreement|max_abs; ``budget`` '10m'; ``max_trials``). When nothing passes, the best
+    candidate is still saved and ToleranceMiss is raised unless ``allow_miss``. The performance guard (on unless
+    ``force``) reverts a lossy pass that made the model slower and, at the end, keeps the input model if the result
+    is slower than it.
     """
     warn = warn or (lambda msg: None)
     rec = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
@@ -67,10 +74,11 @@ def optimize(model: str | Path, recipe: str | Path | Recipe, *, data: str | Path
         warn(w)
     ctx = Context(samples=samples, shapes=dict(shapes or {}), threads=threads, cpu=cpu_features(),
                   progress=progress or Progress(), warn=warn)
+    tuning = _tuning(m, rec, samples, threads, tolerance, metric, budget, max_trials, force, warn)
     out_root = Path(output)
     started = time.perf_counter()
     with staged_version(out_root, name or _model_name(src), version) as staged:
-        result = Pipeline(passes, ctx).run(m, on_pass=on_pass)
+        result = Pipeline(passes, ctx, tuning=tuning).run(m, on_pass=on_pass)
         out_model = staged.stage / "model.onnx"
         save_model(result.model, out_model)
         t0 = time.perf_counter()
@@ -93,12 +101,41 @@ def optimize(model: str | Path, recipe: str | Path | Recipe, *, data: str | Path
             "backend": compiled,
             "threads": threads,
             "optimize_seconds": round(time.perf_counter() - started, 3),
+            "tolerance": ({"criterion": tuning.criterion.describe(), "metric": tuning.criterion.metric,
+                           "passed": not result.missed, "missed_by": result.missed, "trials": tuning.trials_run}
+                          if tuning.criterion else None),
+            "guard": {"enabled": tuning.guard and tuning.probe is not None, "final": result.final_guard},
             "warnings": list(samples.warnings),
             "environment": environment(),
         }
         write_json(staged.stage / MANIFEST, manifest)
     manifest["artifact"] = str(staged.path)
+    if result.missed and not allow_miss:
+        raise ToleranceMiss(f"tolerance missed ({tuning.criterion.describe()}) by pass(es) {', '.join(result.missed)}; "
+                            f"the best candidate is saved at {staged.path}",
+                            "raise --tolerance or --budget, or pass --allow-miss to accept it")
     return manifest
+
+
+def _tuning(model, rec: Recipe, samples, threads: int, tolerance, metric: str, budget, max_trials: int, force: bool, warn):
+    from .tune import SpeedProbe, Tuning, make_criterion, parse_budget
+
+    crit = None
+    if tolerance is not None:
+        _, outputs = signature(model)
+        logits = any(len(o.shape) == 2 and o.dtype.startswith("float") for o in outputs)
+        crit = make_criterion(tolerance, metric, samples.labels is not None, logits)
+    seconds = parse_budget(budget)
+    if max_trials < 1:
+        raise InputError(f"--max-trials must be >= 1, got {max_trials}", "give a positive number of trials")
+    probe = None
+    if not force:
+        if rec.backend == "ort":
+            probe = SpeedProbe(samples.feeds[0], threads)
+        else:
+            warn(f"performance guard measures on ONNX Runtime; it is off for backend {rec.backend!r}")
+    return Tuning(criterion=crit, max_trials=max_trials, deadline=time.monotonic() + seconds if seconds else None,
+                  guard=not force, probe=probe)
 
 
 def _accuracy(result, samples) -> dict:

@@ -130,6 +130,12 @@ def optimize(
     threads: int = typer.Option(1, "--threads", help="intra-op threads for checks and compilation"),
     version: Optional[int] = typer.Option(None, "--version", help="artifact version (default: next free)"),
     name: Optional[str] = typer.Option(None, "--name", help="artifact name (default: the model file's stem)"),
+    tolerance: Optional[str] = typer.Option(None, "--tolerance", help="accuracy the lossy passes may lose: 1% (relative) or abs:0.005; turns on the search"),
+    metric: str = typer.Option("auto", "--metric", help="auto (top1 with labels, else cosine) | top1 | cosine | agreement | max_abs"),
+    budget: Optional[str] = typer.Option(None, "--budget", help="time budget for the search, e.g. 10m"),
+    max_trials: int = typer.Option(24, "--max-trials", help="trials at most for the search"),
+    allow_miss: bool = typer.Option(False, "--allow-miss", help="exit 0 even when no candidate meets --tolerance"),
+    force: bool = typer.Option(False, "--force", help="keep passes that made the model slower (turns the performance guard off)"),
     fmt: str = FormatOpt,
 ):
     """Run a recipe's passes on MODEL, check numerics after each, compile for the backend, write a versioned artifact."""
@@ -142,11 +148,14 @@ def optimize(
 
     def on_pass(entry):
         if fmt == "table":
-            err.print(f"[green]✓[/] {entry['pass']}: {entry['nodes_before']} → {entry['nodes_after']} nodes, "
-                      f"{entry['seconds']:.2f} s", markup=True, highlight=False)
+            mark = "[green]✓[/]" if entry["status"] == "ok" else "[yellow]↶ reverted[/]"
+            err.print(f"{mark} {entry['pass']}: {entry['nodes_before']} → {entry['nodes_after']} nodes, "
+                      f"{entry['seconds']:.2f} s" + (f", {len(entry['trials'])} trials" if entry.get("trials") else ""),
+                      markup=True, highlight=False)
 
     man = run(model, recipe, data=data, shapes=shapes, output=output, threads=threads, version=version, name=name,
-              progress=progress, warn=_warn, on_pass=on_pass)
+              progress=progress, warn=_warn, on_pass=on_pass, tolerance=tolerance, metric=metric, budget=budget,
+              max_trials=max_trials, allow_miss=allow_miss, force=force)
     if fmt == "json":
         _print_json(man)
         return
@@ -154,7 +163,7 @@ def optimize(
     for col in ("pass", "nodes", "size", "time", "vs previous: max-abs / cosine / top-1 agree", "vs input", "top-1"):
         t.add_column(col)
     for e in man["pass_log"]:
-        t.add_row(e["pass"], f"{e['nodes_before']} → {e['nodes_after']}",
+        t.add_row(e["pass"] + ("" if e["status"] == "ok" else f" ({e['status']})"), f"{e['nodes_before']} → {e['nodes_after']}",
                   f"{_fmt_bytes(e['bytes_before'])} → {_fmt_bytes(e['bytes_after'])}", f"{e['seconds']:.2f} s",
                   _fmt_diff(e.get("vs_previous")), _fmt_diff(e.get("vs_input")), f"{e['top1']:.2%}" if "top1" in e else "-")
     out.print(t)
@@ -170,6 +179,14 @@ def optimize(
         if "top1_input" in acc:
             line += f"; top-1 {acc['top1_input']:.2%} → {acc['top1_output']:.2%} ({acc['top1_delta']:+.2%})"
         out.print(line, highlight=False)
+    tol = man.get("tolerance")
+    if tol:
+        out.print(f"tolerance {tol['criterion']}: {'[green]met[/]' if tol['passed'] else '[red]MISSED[/] by ' + ', '.join(tol['missed_by'])}"
+                  f" ({tol['trials']} trials)", markup=True, highlight=False)
+    final = (man.get("guard") or {}).get("final")
+    if final:
+        out.print(f"performance guard: optimized model {final['speedup_vs_input']:.2f}x vs input"
+                  + ("" if final["kept"] else f" - {final['note']}"), highlight=False)
     i, o = man["input"]["info"], man["output"]["info"]
     out.print(f"size {_fmt_bytes(i['bytes'])} → {_fmt_bytes(o['bytes'])}, nodes {i['nodes']} → {o['nodes']}, "
               f"optimize {man['optimize_seconds']:.1f} s", highlight=False)

@@ -24,6 +24,8 @@ class PipelineResult:
     log: list[dict] = field(default_factory=list)
     reference_outputs: list = field(default_factory=list)
     outputs: list = field(default_factory=list)
+    missed: list[str] = field(default_factory=list)  # passes whose best candidate misses the tolerance
+    final_guard: dict | None = None
 
 
 def run_model(model: onnx.ModelProto, feeds: list[dict], threads: int = 1) -> list[dict]:
@@ -34,10 +36,11 @@ def run_model(model: onnx.ModelProto, feeds: list[dict], threads: int = 1) -> li
 class Pipeline:
     """``Pipeline(passes, ctx).run(model)``: passes run in order; each gets a pass-log entry."""
 
-    def __init__(self, passes: list[Pass], ctx: Context, max_check_feeds: int = 64):
+    def __init__(self, passes: list[Pass], ctx: Context, max_check_feeds: int = 64, tuning=None):
         self.passes = passes
         self.ctx = ctx
         self.max_check_feeds = max_check_feeds
+        self.tuning = tuning  # optkit.tune.Tuning: tolerance search and performance guard (None = neither)
 
     def run(self, model: onnx.ModelProto, on_pass=None) -> PipelineResult:
         samples = self.ctx.samples
@@ -47,12 +50,15 @@ class Pipeline:
         prev_out = ref_out
         log: list[dict] = []
         done: list[str] = []
+        original = model
         for p in self.passes:
             entry = {"pass": p.name, "config": p.config.to_dict(), "exact": p.exact,
                      "nodes_before": len(model.graph.node), "bytes_before": model_bytes(model)}
             t0 = time.perf_counter()
+            outcome = None
             try:
-                result = p.run(model, self.ctx)
+                outcome = self._tuned(p, model, ref_out, feeds, labels)
+                result = outcome.result if outcome is not None else p.run(model, self.ctx)
             except PassError as e:
                 raise PassError(f"pass {p.name!r} failed: {e.what}" + _after(done), e.hint) from e
             except Exception as e:
@@ -67,6 +73,8 @@ class Pipeline:
                                 "report the model; drop the pass to continue") from e
             entry.update({"modified": result.modified, "nodes_after": len(new.graph.node), "bytes_after": model_bytes(new),
                           "notes": result.notes, **({"metrics": result.metrics} if result.metrics else {})})
+            if outcome is not None:
+                entry["trials"] = outcome.trials
             if feeds:
                 new_out = run_model(new, feeds, self.ctx.threads)
                 entry["vs_previous"] = _short(compare(prev_out, new_out))
@@ -80,14 +88,64 @@ class Pipeline:
                         f"pass {p.name!r} should keep numerics but changed them (max-abs {d['max_abs']:.3g}, "
                         f"cosine {d['cosine']:.6f})" + _after(done),
                         "drop the pass from the recipe or report the model")
-                prev_out = new_out
+                crit = self.tuning.criterion if self.tuning is not None else None
+                if crit is not None and not p.exact:
+                    judged = outcome.judged if outcome is not None and outcome.judged else crit.judge(ref_out, new_out, labels)
+                    entry["tolerance"] = {**judged, "criterion": crit.describe()}
             entry["status"] = "ok"
+            if self._guard_reverts(p, model, new, result, outcome, entry):
+                new = model
+            else:
+                prev_out = new_out if feeds else prev_out
             log.append(entry)
             done.append(p.name)
             if on_pass is not None:
                 on_pass(entry)
             model = new
-        return PipelineResult(model, log, ref_out, prev_out)
+        missed = [e["pass"] for e in log if e["status"] == "ok" and not e.get("tolerance", {}).get("ok", True)]
+        out = PipelineResult(model, log, ref_out, prev_out, missed)
+        self._final_guard(out, original)
+        return out
+
+    def _tuned(self, p: Pass, model, ref_out, feeds, labels):
+        """Run ``p`` through the tolerance search when one is asked for and the pass supports it."""
+        t = self.tuning
+        if t is None or t.criterion is None or not feeds or p.exact:
+            return None
+        from . import tune
+
+        if p.tuning_kind == "quantization":
+            return tune.tune_quantization(p, model, self.ctx, ref_out, feeds, labels, t)
+        if p.tuning_kind == "layers":
+            return tune.tune_layers(p, p.layer_candidates(model), model, self.ctx, ref_out, feeds, labels, t)
+        return None
+
+    def _guard_reverts(self, p: Pass, before, after, result, outcome, entry) -> bool:
+        """Performance guard: a pass meant to speed things up that made the model slower is undone."""
+        t = self.tuning
+        if t is None or not t.guard or t.probe is None or p.exact or not result.modified:
+            return False
+        speed = outcome.speedup if outcome is not None and outcome.speedup else t.probe.speedup(before, after)
+        entry["guard"] = {"speedup_vs_before": speed}
+        if speed >= 1.0:
+            return False
+        entry["status"] = "reverted"
+        entry["notes"].append(f"performance guard: {speed:.2f}x vs the model before this pass (slower), so the pass "
+                              "was reverted; --force keeps it")
+        return True
+
+    def _final_guard(self, out: PipelineResult, original: onnx.ModelProto) -> None:
+        t = self.tuning
+        if t is None or not t.guard or t.probe is None or not any(e.get("status") == "ok" and e.get("modified") for e in out.log):
+            return
+        speed = t.probe.speedup(original, out.model)
+        out.final_guard = {"speedup_vs_input": speed, "kept": speed >= 1.0}
+        if speed < 1.0:
+            out.model = original
+            out.outputs = out.reference_outputs
+            out.missed = []
+            out.final_guard["note"] = (f"the optimized model ran {speed:.2f}x vs the input model (slower): the artifact "
+                                       "holds the input model unchanged; --force keeps the optimized one")
 
 
 def _after(done: list[str]) -> str:

@@ -109,14 +109,17 @@ def test_inspect_table_shows_symbolic_shapes(cnn_files):
 
 @pytest.fixture(scope="module")
 def optimized(cnn_files, tmp_path_factory):
-    """optimized(recipe) -> (CompletedProcess, out dir): one run per recipe per module, with --data."""
+    """optimized(recipe) -> (CompletedProcess, out dir): one run per recipe per module, with --data.
+
+    --force: these tests check the structure a recipe produces; on a model this tiny INT8 is slower than FP32, and
+    the performance guard (tested in test_tune.py) would rightly revert it."""
     cache = {}
 
     def get(recipe: str):
         if recipe not in cache:
             out = tmp_path_factory.mktemp(f"out-{recipe}")
             r = run_cli("optimize", cnn_files["model"], "-r", recipe, "--data", cnn_files["data"], "-o", out,
-                        cwd=cnn_files["dir"])
+                        "--force", cwd=cnn_files["dir"])
             cache[recipe] = (r, out)
         return cache[recipe]
 

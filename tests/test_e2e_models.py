@@ -48,7 +48,7 @@ def cnn_opset12(tmp_path_factory):
 def test_encoder(small_encoder, tmp_path, recipe):
     path, data = small_encoder
     before = path.read_bytes()
-    man = optkit.optimize(path, recipe, data=data, output=tmp_path)
+    man = optkit.optimize(path, recipe, data=data, output=tmp_path, force=True)  # structure, not speed, is tested
     assert path.read_bytes() == before
     art = Path(man["artifact"])
     assert (art / "model.onnx").is_file() and (art / "compiled" / "model.ort.onnx").is_file()
@@ -70,14 +70,14 @@ def test_fused_encoder_where_bare_quantize_dynamic_fails(small_encoder, tmp_path
 
     path, data = small_encoder
     fuse_all = parse_recipe({"passes": [{"fuse": {"model_type": "auto"}}, "simplify"]}, "test", "fused")
-    fused = optkit.optimize(path, fuse_all, data=data, output=tmp_path)
+    fused = optkit.optimize(path, fuse_all, data=data, output=tmp_path, force=True)
     notes = " ".join(fused["pass_log"][0]["notes"])
     for op in ("EmbedLayerNormalizationx1", "Attentionx2", "SkipLayerNormalizationx4", "BiasGelux2"):
         assert op in notes, notes  # ORT's transformer fusions fire on the raw export, within exact tolerance
     fused_path = Path(fused["artifact"]) / "model.onnx"
     with pytest.raises(Exception, match="Unable to find data type"):
         quantize_dynamic(str(fused_path), str(tmp_path / "bare.onnx"))
-    man = optkit.optimize(fused_path, "int8-dynamic-ort", data=data, output=tmp_path, name="requant")
+    man = optkit.optimize(fused_path, "int8-dynamic-ort", data=data, output=tmp_path, name="requant", force=True)
     assert man["accuracy"]["vs_input"]["cosine"] > 0.999
     assert "QAttention" in {n.op_type for n in onnx.load(str(Path(man["artifact"]) / "model.onnx")).graph.node}
 
@@ -85,7 +85,7 @@ def test_fused_encoder_where_bare_quantize_dynamic_fails(small_encoder, tmp_path
 @pytest.mark.parametrize("recipe", RECIPES)
 def test_opset12_cnn(cnn_opset12, tmp_path, recipe):
     path, data = cnn_opset12
-    man = optkit.optimize(path, recipe, data=data, output=tmp_path)
+    man = optkit.optimize(path, recipe, data=data, output=tmp_path, force=True)
     assert man["input"]["info"]["opsets"]["ai.onnx"] == 12
     assert man["accuracy"]["vs_input"]["cosine"] > 0.99
     res = optkit.bench(man["artifact"], rounds=2, round_time=0.05)

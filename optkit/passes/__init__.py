@@ -163,6 +163,12 @@ class Pass:
     doc: ClassVar[str] = ""
     Config: ClassVar[type[PassConfig]] = PassConfig
     exact: ClassVar[bool] = True
+    # How --tolerance searches this pass: "quantization" (configurations + float fallback of sensitive nodes),
+    # "layers" (per-layer compression; implement layer_candidates and give the config a `skip` list), or None.
+    tuning_kind: ClassVar[str | None] = None
+
+    def layer_candidates(self, model: onnx.ModelProto) -> list[str]:
+        return []
 
     def __init__(self, config: PassConfig | dict | None = None):
         if config is None or isinstance(config, dict):
@@ -175,7 +181,7 @@ class Pass:
 
 _REGISTRY: dict[str, type[Pass]] = {}
 # Pass modules are imported on first lookup, so `import optkit` stays light.
-_MODULES = ("simplify", "fuse", "fp16", "quantize")
+_MODULES = ("simplify", "fuse", "fp16", "quantize", "lowrank")
 
 
 def register_pass(cls: type[Pass]) -> type[Pass]:

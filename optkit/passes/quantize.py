@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import io
 import logging
 import tempfile
 from dataclasses import dataclass
@@ -83,7 +84,9 @@ def _quiet_root_logger():
 
 
 def _run_quantizer(fn, model: onnx.ModelProto, **kwargs) -> onnx.ModelProto:
-    with tempfile.TemporaryDirectory(prefix="optkit-q-") as d, _quiet_root_logger():
+    # entropy/percentile calibrators print progress to stdout, which would corrupt `--format json` output
+    with tempfile.TemporaryDirectory(prefix="optkit-q-") as d, _quiet_root_logger(), \
+            contextlib.redirect_stdout(io.StringIO()):
         src, dst = Path(d) / "in.onnx", Path(d) / "out.onnx"
         big = tensor_bytes(model) >= EXTERNAL_DATA_THRESHOLD
         save_model(model, src)
@@ -120,6 +123,7 @@ class Int8Dynamic(Pass):
     doc = "Dynamic INT8 (weights INT8 offline, activations quantized at run time); no calibration data needed."
     Config = DynamicConfig
     exact = False
+    tuning_kind = "quantization"
 
     def run(self, model: onnx.ModelProto, ctx: Context) -> PassResult:
         from onnxruntime.quantization import QuantType, quantize_dynamic
@@ -196,6 +200,7 @@ class Int8Static(Pass):
     doc = "Static INT8 with calibrated activation ranges (QDQ by default), types chosen for the host ISA."
     Config = StaticConfig
     exact = False
+    tuning_kind = "quantization"
 
     def run(self, model: onnx.ModelProto, ctx: Context) -> PassResult:
         from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static

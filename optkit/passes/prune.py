@@ -1,0 +1,934 @@
+"""Structured pruning (``prune``) that physically shrinks tensors, and magnitude sparsification (``sparsify``).
+
+``prune`` removes whole output channels / features, so every later kernel gets smaller and ONNX Runtime (or
+any dense backend) actually runs faster:
+
+* Conv (and ConvTranspose, group=1) output channels, chosen by the L1/L2 norm of each filter (times the
+  scale of a BatchNormalization that directly follows, which is what the filter is worth once ORT fuses the
+  two). The removed channels are followed through the graph and every consumer is rewritten to match: the
+  Conv bias; BatchNormalization / InstanceNormalization parameters; channel-preserving elementwise ops
+  (Relu, LeakyRelu, Clip, Sigmoid, HardSwish, Gelu, Erf, Tanh, ..., and Add/Sub/Mul/Div/PRelu/Pow with a
+  constant that is scalar or per-channel: per-channel constants are sliced too; binary ops whose two inputs
+  both carry the same channels, e.g. SiLU ``x * sigmoid(x)``); Max/Average/Global pools, Pad, Resize,
+  Reduce* over other axes, Squeeze/Unsqueeze; depthwise Convs (their channels are sliced too); the next
+  Conv's input channels (weight axis 1, group=1); Flatten / Reshape to [batch, C*H*W] (static H*W) feeding a
+  Gemm/MatMul, whose weight rows are sliced in blocks (transB honoured).
+* Gemm/MatMul output features (constant 2-D weight) followed, optionally through a bias Add and an
+  activation (Relu, Gelu op, the erf-GELU subgraph torch exports, tanh-GELU, Sigmoid, Tanh, ...), by another
+  MatMul/Gemm with a constant weight: MLP hidden layers and transformer FFN neurons.
+
+Anything the tracer cannot follow safely (a residual Add of two activations, Concat, grouped convs, a graph
+output, a Reshape that mixes channels with other dims, LayerNorm/Softmax over the channels, subgraphs, ...)
+leaves that layer unpruned, and the notes say why. Attention-head pruning is not implemented.
+
+Layer names are node names (the first output's name for unnamed nodes); :func:`prunable_layers` lists them.
+
+``sparsify`` zeroes weights (unstructured magnitude or 2:4) without changing shapes: dense CPU kernels gain
+nothing from that; it is for sparse-capable backends (TensorRT sparse tactics on Ampere+).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from ..errors import PassError
+from ..model import param_count, toposort
+from . import Context, Pass, PassConfig, PassResult, option, register_pass
+
+# ---------------------------------------------------------------------------------------------------------------
+# config
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PruneConfig(PassConfig):
+    ratio: float = option(0.3, "fraction of output channels/features removed per layer (0 = no-op)")
+    importance: str = option("l1", "how a filter/neuron is ranked: L1 or L2 norm of its weights", choices=("l1", "l2"))
+    scope: str = option("layer", "layer: remove `ratio` of every layer; global: one threshold over all layers' "
+                                 "normalized importances (still honouring min_channels)", choices=("layer", "global"))
+    min_channels: int = option(8, "never keep fewer channels/features than this in a layer")
+    multiple_of: int = option(1, "round kept counts up to a multiple of this (e.g. 8 or 16 for SIMD/tensor cores)")
+    skip: list[str] = option([], "layer (node) names never pruned")
+    layers: dict[str, float] = option({}, "per-layer ratio overrides by node name (used by the accuracy tuner)")
+
+    def check(self) -> str | None:
+        if not 0.0 <= self.ratio < 1.0:
+            return f"option 'ratio' must be in [0, 1), got {self.ratio}"
+        if self.min_channels < 1:
+            return f"option 'min_channels' must be >= 1, got {self.min_channels}"
+        if self.multiple_of < 1:
+            return f"option 'multiple_of' must be >= 1, got {self.multiple_of}"
+        bad = {k: v for k, v in self.layers.items() if not 0.0 <= v < 1.0}
+        if bad:
+            return f"option 'layers' needs ratios in [0, 1), got {bad}"
+        return None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# graph facts
+# ---------------------------------------------------------------------------------------------------------------
+
+_STD = ("", "ai.onnx")
+
+# ops that map each element to one element of the same shape (channels pass through unchanged)
+_UNARY = {"Relu", "LeakyRelu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Elu", "Selu", "Celu", "Softplus",
+          "Softsign", "Gelu", "Mish", "Erf", "Identity", "Abs", "Neg", "Exp", "Log", "Sqrt", "Reciprocal",
+          "ThresholdedRelu", "Floor", "Ceil", "Round", "Sign", "Cos", "Sin", "Cast", "Clip", "Dropout", "Swish"}
+_BINARY = {"Add", "Sub", "Mul", "Div", "Pow", "PRelu", "Max", "Min", "Sum", "Mean"}
+_POOLS = {"MaxPool", "AveragePool", "LpPool", "GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool"}
+_REDUCE = {"ReduceMean", "ReduceMax", "ReduceMin", "ReduceSum", "ReduceL1", "ReduceL2", "ReduceSumSquare",
+           "ReduceProd", "ReduceLogSumExp", "ReduceLogSum"}
+
+
+def _attr(node: onnx.NodeProto, name: str, default=None):
+    for a in node.attribute:
+        if a.name == name:
+            return helper.get_attribute_value(a)
+    return default
+
+
+def layer_name(node: onnx.NodeProto) -> str:
+    return node.name or (node.output[0] if node.output else node.op_type)
+
+
+def _subgraph_refs(graph: onnx.GraphProto, out: set) -> None:
+    for n in graph.node:
+        for a in n.attribute:
+            subs = [a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs) if a.type == onnx.AttributeProto.GRAPHS else []
+            for g in subs:
+                for m in g.node:
+                    out.update(m.input)
+                _subgraph_refs(g, out)
+
+
+class _Graph:
+    """A topologically sorted copy of the model plus the lookups the tracer needs."""
+
+    def __init__(self, model: onnx.ModelProto, shapes: dict | None = None):
+        m = onnx.ModelProto()
+        m.CopyFrom(model)
+        toposort(m)
+        self.model = m
+        g = m.graph
+        self.nodes = list(g.node)
+        self.init = {t.name: t for t in g.initializer}
+        self.graph_inputs = {v.name for v in g.input}
+        self.outputs = {v.name for v in g.output}
+        self.consts: dict[str, np.ndarray] = {}
+        self.const_node: dict[str, int] = {}
+        self.producer: dict[str, int] = {}
+        self.consumers: dict[str, list[tuple[int, int]]] = {}
+        for i, n in enumerate(self.nodes):
+            for o in n.output:
+                if o:
+                    self.producer[o] = i
+            for j, name in enumerate(n.input):
+                if name:
+                    self.consumers.setdefault(name, []).append((i, j))
+            if n.op_type == "Constant" and n.domain in _STD and n.output:
+                t = _attr(n, "value")
+                if isinstance(t, onnx.TensorProto):
+                    self.const_node[n.output[0]] = i
+        self.sub_refs: set = set()
+        _subgraph_refs(g, self.sub_refs)
+        self.names = [layer_name(n) for n in self.nodes]
+        self._shapes = None
+        self._shape_src = shapes or {}
+
+    def const(self, name: str) -> np.ndarray | None:
+        """The value of an initializer (not overridable as a graph input) or Constant node output."""
+        if not name:
+            return None
+        if name in self.consts:
+            return self.consts[name]
+        v = None
+        if name in self.init and name not in self.graph_inputs:
+            v = numpy_helper.to_array(self.init[name])
+        elif name in self.const_node:
+            v = numpy_helper.to_array(_attr(self.nodes[self.const_node[name]], "value"))
+        if v is not None:
+            self.consts[name] = v
+        return v
+
+    def shape(self, name: str) -> tuple | None:
+        """Inferred shape (ints, or None for unknown dims); None when the rank is unknown."""
+        if self._shapes is None:
+            self._shapes = _infer_shapes(self.model, self._shape_src)
+        if name in self._shapes:
+            return self._shapes[name]
+        c = self.const(name)
+        return tuple(c.shape) if c is not None else None
+
+
+def _infer_shapes(model: onnx.ModelProto, user: dict) -> dict:
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    for vi in m.graph.input:
+        given = user.get(vi.name)
+        if given is None:
+            continue
+        dims = vi.type.tensor_type.shape.dim
+        if len(dims) == len(given):
+            for d, v in zip(dims, given):
+                d.Clear()
+                d.dim_value = int(v)
+    for t in m.graph.initializer:  # shapes only: do not copy weights through inference
+        if t.ByteSize() > 1 << 16:
+            t.ClearField("raw_data")
+            t.ClearField("float_data")
+            t.ClearField("double_data")
+            t.ClearField("int32_data")
+            t.ClearField("int64_data")
+            t.data_location = onnx.TensorProto.DEFAULT
+            del t.external_data[:]
+    del m.graph.value_info[:]
+    try:
+        m = onnx.shape_inference.infer_shapes(m, data_prop=True)
+    except Exception:
+        return {}
+    out = {}
+    for vi in list(m.graph.input) + list(m.graph.value_info) + list(m.graph.output):
+        tt = vi.type.tensor_type
+        if not tt.HasField("shape"):
+            continue
+        out[vi.name] = tuple(int(d.dim_value) if d.HasField("dim_value") else None for d in tt.shape.dim)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# tracing a layer's channels through its consumers
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Chan:
+    """A tensor whose axis ``axis`` (negative, from the end) holds the layer's channels, each ``block`` long."""
+
+    axis: int
+    rank: int | None
+    block: int = 1
+
+    def pos(self) -> int | None:
+        return None if self.rank is None else self.rank + self.axis
+
+
+@dataclass
+class _Plan:
+    """Edits that keep the graph consistent when a layer keeps a subset of its channels."""
+
+    slices: list = field(default_factory=list)  # (node index, input index, axis in that tensor, block)
+    reshapes: list = field(default_factory=list)  # (node index, input index, position, inner)
+    groups: list = field(default_factory=list)  # node indices whose `group` becomes the kept count
+    bn: list = field(default_factory=list)  # (node index) BatchNormalization right after the layer
+
+
+class _Fail(Exception):
+    pass
+
+
+@dataclass
+class _Layer:
+    index: int
+    name: str
+    op: str
+    n: int  # output channels / features
+    importance_l1: np.ndarray
+    importance_l2: np.ndarray
+    plan: _Plan
+
+
+def _producer_spec(gr: _Graph, i: int):
+    """(weight input index, output axis in the weight, rank of the output or None, channel axis) or a reason."""
+    n = gr.nodes[i]
+    if n.domain not in _STD:
+        return None
+    if n.op_type in ("Conv", "ConvTranspose"):
+        w = gr.const(n.input[1]) if len(n.input) > 1 else None
+        if w is None:
+            return "weight is not a constant"
+        if w.ndim < 3:
+            return f"weight rank {w.ndim} is not a conv weight"
+        g = int(_attr(n, "group", 1))
+        if g != 1:
+            return f"grouped/depthwise conv (group={g}): its output channels are tied to its input channels"
+        if len(n.input) > 2 and n.input[2] and gr.const(n.input[2]) is None:
+            return "bias is not a constant"
+        return (1, 0 if n.op_type == "Conv" else 1, w.ndim, -(w.ndim - 1))
+    if n.op_type == "Gemm":
+        w = gr.const(n.input[1]) if len(n.input) > 1 else None
+        if w is None or w.ndim != 2:
+            return None  # activation x activation: not a layer
+        if len(n.input) > 2 and n.input[2] and gr.const(n.input[2]) is None:
+            return "bias is not a constant"
+        return (1, 0 if _attr(n, "transB", 0) else 1, 2, -1)
+    if n.op_type == "MatMul":
+        w = gr.const(n.input[1]) if len(n.input) > 1 else None
+        if w is None or w.ndim != 2:
+            return None
+        a = gr.shape(n.input[0])
+        return (1, 1, None if a is None else max(len(a), 1), -1)
+    return None
+
+
+def _const_broadcast(gr: _Graph, plan: _Plan, i: int, j: int, c: _Chan, L: int) -> None:
+    """Input j of node i is a constant broadcast against a channel tensor: slice it if it is per-channel."""
+    v = gr.const(gr.nodes[i].input[j])
+    p = v.ndim + c.axis
+    if p < 0 or v.shape[p] == 1:
+        return
+    if v.shape[p] != L:
+        raise _Fail(f"constant {gr.nodes[i].input[j]} of {gr.nodes[i].op_type} does not broadcast per channel")
+    plan.slices.append((i, j, p, c.block))
+
+
+def _axes(gr: _Graph, node: onnx.NodeProto, input_index: int):
+    a = _attr(node, "axes")
+    if a is not None:
+        return [int(x) for x in a]
+    if len(node.input) > input_index and node.input[input_index]:
+        v = gr.const(node.input[input_index])
+        if v is None:
+            raise _Fail(f"{node.op_type} {layer_name(node)} has run-time axes")
+        return [int(x) for x in np.atleast_1d(v)]
+    return None
+
+
+def _shape_readers_ok(gr: _Graph, i: int, p: int | None) -> bool:
+    """A Shape node on a channel tensor is fine if nothing downstream reads the channel dim."""
+    n = gr.nodes[i]
+    if p is None:
+        return False
+    start, end = int(_attr(n, "start", 0)), _attr(n, "end")
+    if start < 0 or (end is not None and int(end) < 0):
+        return False  # would need the rank
+    lo, hi = start, (int(end) if end is not None else 1 << 30)
+    if not lo <= p < hi:
+        return True
+    for ci, cj in gr.consumers.get(n.output[0], []):
+        m = gr.nodes[ci]
+        if m.op_type != "Gather" or cj != 0 or int(_attr(m, "axis", 0)) != 0:
+            return False
+        idx = gr.const(m.input[1])
+        if idx is None or any(int(x) + lo == p or int(x) < 0 for x in np.atleast_1d(idx)):
+            return False
+    if n.output[0] in gr.outputs:
+        return False
+    return True
+
+
+def _dynamic_flatten_shape(gr: _Graph, name: str) -> bool:
+    """Is ``name`` a run-time [batch, -1] shape: Concat(Unsqueeze(Gather(Shape(x), 0)), [-1])?"""
+    if name not in gr.producer:
+        return False
+    cat = gr.nodes[gr.producer[name]]
+    if cat.op_type != "Concat" or len(cat.input) != 2:
+        return False
+    last = gr.const(cat.input[1])
+    if last is None or last.size != 1 or int(last.reshape(-1)[0]) != -1:
+        return False
+    src = cat.input[0]
+    for _ in range(4):  # through Unsqueeze/Cast/Reshape
+        if src not in gr.producer:
+            return False
+        m = gr.nodes[gr.producer[src]]
+        if m.op_type == "Gather":
+            idx = gr.const(m.input[1])
+            shp = gr.nodes[gr.producer[m.input[0]]] if m.input[0] in gr.producer else None
+            return (idx is not None and idx.size == 1 and int(idx.reshape(-1)[0]) == 0 and shp is not None
+                    and shp.op_type == "Shape" and int(_attr(shp, "start", 0)) == 0)
+        if m.op_type not in ("Unsqueeze", "Cast", "Reshape", "Identity"):
+            return False
+        src = m.input[0]
+    return False
+
+
+def _trace(gr: _Graph, pi: int, spec) -> _Plan:
+    """Follow the layer's output channels forward; raise _Fail(reason) where that is not safe."""
+    prod = gr.nodes[pi]
+    widx, waxis, rank, axis = spec
+    w = gr.const(prod.input[widx])
+    L0 = int(w.shape[waxis])
+    plan = _Plan()
+    plan.slices.append((pi, widx, waxis, 1))
+    if len(prod.input) > 2 and prod.input[2]:
+        if prod.op_type == "Gemm":
+            _const_broadcast(gr, plan, pi, 2, _Chan(-1, 2), L0)
+        else:
+            plan.slices.append((pi, 2, 0, 1))
+    out = prod.output[0]
+    if out in gr.sub_refs:
+        raise _Fail(f"output {out} is used inside a subgraph")
+    chan: dict[str, _Chan] = {out: _Chan(axis, rank)}
+    if out in gr.outputs:
+        raise _Fail(f"output {out} is a graph output")
+
+    def set_out(node: onnx.NodeProto, c: _Chan, k: int = 0) -> None:
+        for extra in list(node.output)[k + 1:]:
+            if extra and (gr.consumers.get(extra) or extra in gr.outputs):
+                raise _Fail(f"extra output {extra} of {node.op_type} {layer_name(node)} is used")
+        o = node.output[k]
+        if o in gr.outputs:
+            raise _Fail(f"channels reach graph output {o}")
+        if o in gr.sub_refs:
+            raise _Fail(f"channels reach {o}, used inside a subgraph")
+        chan[o] = c
+
+    for i in range(pi + 1, len(gr.nodes)):
+        n = gr.nodes[i]
+        hits = [j for j, name in enumerate(n.input) if name in chan]
+        if not hits:
+            continue
+        op, nm = n.op_type, layer_name(n)
+        if n.domain not in _STD:
+            raise _Fail(f"output feeds {n.domain}.{op} {nm}")
+        c = chan[n.input[hits[0]]]
+        if any(chan[n.input[j]] != c for j in hits):
+            raise _Fail(f"output reaches {op} {nm} twice with different layouts")
+        L, p = L0 * c.block, c.pos()
+
+        if op in _UNARY:
+            if hits != [0]:
+                raise _Fail(f"output feeds a parameter input of {op} {nm}")
+            set_out(n, c)
+        elif op in _BINARY:
+            if op in ("Pow", "PRelu") and hits != [0]:
+                raise _Fail(f"output feeds the {'exponent' if op == 'Pow' else 'slope'} of {op} {nm}")
+            rank_out = c.rank
+            for j, name in enumerate(n.input):
+                if not name or j in hits:
+                    continue
+                v = gr.const(name)
+                if v is not None:
+                    _const_broadcast(gr, plan, i, j, c, L)
+                    if rank_out is not None:
+                        rank_out = max(rank_out, v.ndim)
+                    continue
+                s = gr.shape(name)
+                if s is not None and (c.rank is None or len(s) <= c.rank) and (len(s) + c.axis < 0 or s[len(s) + c.axis] == 1):
+                    continue  # broadcasts along the channels (e.g. a [N,1,H,W] spatial map)
+                if op in ("Add", "Sum", "Sub"):
+                    raise _Fail(f"output feeds {op} with another activation (residual) at node {nm!r}")
+                raise _Fail(f"output feeds {op} {nm!r} together with another activation")
+            set_out(n, _Chan(c.axis, rank_out, c.block))
+        elif op in _POOLS:
+            if hits != [0] or p != 1 or c.block != 1:
+                raise _Fail(f"output feeds {op} {nm} along another axis")
+            set_out(n, c)
+        elif op in ("BatchNormalization", "InstanceNormalization"):
+            if hits != [0] or p != 1 or c.block != 1:
+                raise _Fail(f"output feeds {op} {nm} on another axis")
+            for j in range(1, 5 if op == "BatchNormalization" else 3):
+                v = gr.const(n.input[j]) if len(n.input) > j else None
+                if v is None or v.shape != (L,):
+                    raise _Fail(f"{op} {nm} has non-constant or non-per-channel parameters")
+                plan.slices.append((i, j, 0, 1))
+            set_out(n, c)
+        elif op in ("Conv", "ConvTranspose"):
+            if hits != [0] or p != 1 or c.block != 1:
+                raise _Fail(f"output feeds {op} {nm} as weight/bias or on another axis")
+            w2 = gr.const(n.input[1]) if len(n.input) > 1 else None
+            if w2 is None:
+                raise _Fail(f"output feeds {op} {nm} whose weight is not a constant")
+            g = int(_attr(n, "group", 1))
+            if g == 1:
+                if w2.shape[1 if op == "Conv" else 0] != L:
+                    raise _Fail(f"{op} {nm} weight does not match the channel count")
+                plan.slices.append((i, 1, 1 if op == "Conv" else 0, 1))
+            elif op == "Conv" and g == L and w2.shape[0] == L and w2.shape[1] == 1:
+                plan.slices.append((i, 1, 0, 1))  # depthwise: its channels are ours
+                if len(n.input) > 2 and n.input[2]:
+                    if gr.const(n.input[2]) is None:
+                        raise _Fail(f"depthwise conv {nm} bias is not a constant")
+                    plan.slices.append((i, 2, 0, 1))
+                plan.groups.append(i)
+                set_out(n, c)
+            else:
+                raise _Fail(f"output feeds grouped conv {nm} (group={g})")
+        elif op == "Gemm":
+            w2 = gr.const(n.input[1])
+            if hits != [0] or int(_attr(n, "transA", 0)) or c.axis != -1 or w2 is None or w2.ndim != 2:
+                raise _Fail(f"output feeds Gemm {nm} other than as A with a constant B")
+            a = 1 if int(_attr(n, "transB", 0)) else 0
+            if w2.shape[a] != L:
+                raise _Fail(f"Gemm {nm} weight does not match the feature count")
+            plan.slices.append((i, 1, a, c.block))
+        elif op == "MatMul":
+            w2 = gr.const(n.input[1]) if len(n.input) > 1 else None
+            if hits != [0] or c.axis != -1 or w2 is None or w2.ndim != 2:
+                raise _Fail(f"output feeds MatMul {nm} other than as the input of a constant 2-D weight")
+            if w2.shape[0] != L:
+                raise _Fail(f"MatMul {nm} weight does not match the feature count")
+            plan.slices.append((i, 1, 0, c.block))
+        elif op in ("Flatten", "Reshape"):
+            if hits != [0]:
+                raise _Fail(f"output feeds the shape input of {op} {nm}")
+            s = gr.shape(n.input[0])
+            r = c.rank if c.rank is not None else (len(s) if s is not None else None)
+            p = None if r is None else r + c.axis
+            if op == "Flatten":
+                a = int(_attr(n, "axis", 1))
+                if r is None or (a + r if a < 0 else a) != p:
+                    raise _Fail(f"output feeds Flatten {nm} that mixes channels with other dims")
+            inner = 1
+            if p is not None and r is not None and p + 1 < r:
+                tail = s[p + 1:] if s is not None and len(s) == r else None
+                if tail is None or any(d is None for d in tail):
+                    raise _Fail(f"output feeds {op} {nm} and the size after the channel axis is unknown "
+                                "(pass --shape to fix the input size)")
+                inner = int(np.prod(tail))
+            if op == "Flatten":
+                set_out(n, _Chan(-1, 2, c.block * inner))
+                continue
+            t = gr.const(n.input[1]) if len(n.input) > 1 else None
+            t = [int(x) for x in t.reshape(-1)] if t is not None and t.ndim == 1 else None
+            batch = s[0] if s is not None and s else None
+            if t is not None and c.axis == -1 and t and t[-1] == L:
+                plan.reshapes.append((i, 1, len(t) - 1, c.block))  # channels stay the last axis
+                set_out(n, _Chan(-1, len(t), c.block))
+            elif t is not None and len(t) == 2 and p == 1 and t[1] == -1 and (t[0] == 0 or (batch and t[0] == batch)):
+                set_out(n, _Chan(-1, 2, c.block * inner))  # [batch, -1]
+            elif t is not None and len(t) == 2 and p == 1 and t[1] == L * inner and t[0] in (0, -1, batch):
+                plan.reshapes.append((i, 1, 1, c.block * inner))  # [batch, C*H*W]
+                set_out(n, _Chan(-1, 2, c.block * inner))
+            elif t is None and p == 1 and _dynamic_flatten_shape(gr, n.input[1]):
+                set_out(n, _Chan(-1, 2, c.block * inner))  # torch's x.view(x.size(0), -1)
+            else:
+                raise _Fail(f"output feeds Reshape {nm} that mixes channels with other dims")
+        elif op in ("Squeeze", "Unsqueeze"):
+            if hits != [0] or c.rank is None:
+                raise _Fail(f"output feeds {op} {nm} with unknown rank")
+            axes = _axes(gr, n, 1)
+            if axes is None:
+                raise _Fail(f"output feeds {op} {nm} without axes")
+            p = c.pos()
+            if op == "Squeeze":
+                ax = sorted({a + c.rank if a < 0 else a for a in axes})
+                if p in ax:
+                    raise _Fail(f"Squeeze {nm} removes the channel axis")
+                new_rank = c.rank - len(ax)
+                new_p = p - sum(1 for a in ax if a < p)
+            else:
+                new_rank = c.rank + len(axes)
+                ax = sorted({a + new_rank if a < 0 else a for a in axes})
+                keep_dims = [d for d in range(new_rank) if d not in ax]
+                new_p = keep_dims[p]
+            set_out(n, _Chan(new_p - new_rank, new_rank, c.block))
+        elif op == "Shape":
+            if not _shape_readers_ok(gr, i, c.pos()):
+                raise _Fail(f"the shape of the channels is read by {nm} (channel count used at run time)")
+        elif op in ("Resize", "Upsample"):
+            if hits != [0] or p != 1 or c.block != 1:
+                raise _Fail(f"output feeds {op} {nm} on another axis")
+            sc_idx = 2 if op == "Resize" and len(n.input) > 2 else 1
+            sizes = n.input[3] if op == "Resize" and len(n.input) > 3 else ""
+            sc = gr.const(n.input[sc_idx]) if len(n.input) > sc_idx and n.input[sc_idx] else None
+            if sizes or sc is None or sc.size <= 1 or float(sc.reshape(-1)[1]) != 1.0:
+                raise _Fail(f"output feeds {op} {nm} that sets the channel count")
+            set_out(n, c)
+        elif op == "Pad":
+            if hits != [0] or c.rank is None:
+                raise _Fail(f"output feeds Pad {nm} with unknown rank")
+            pads = _attr(n, "pads")
+            if pads is None:
+                pads = gr.const(n.input[1]) if len(n.input) > 1 else None
+            if pads is None or (len(n.input) > 3 and n.input[3]):
+                raise _Fail(f"Pad {nm} has run-time pads or axes")
+            pads = [int(x) for x in np.atleast_1d(pads)]
+            if len(pads) != 2 * c.rank or pads[p] != 0 or pads[p + c.rank] != 0:
+                raise _Fail(f"Pad {nm} pads the channel axis")
+            set_out(n, c)
+        elif op in _REDUCE:
+            if hits != [0] or c.rank is None or c.block != 1:
+                raise _Fail(f"output feeds {op} {nm} with unknown rank")
+            axes = _axes(gr, n, 1)
+            if not axes:
+                raise _Fail(f"{op} {nm} reduces over every axis")
+            ax = sorted({a + c.rank if a < 0 else a for a in axes})
+            if p in ax:
+                raise _Fail(f"{op} {nm} reduces over the channels")
+            if int(_attr(n, "keepdims", 1)):
+                set_out(n, c)
+            else:
+                new_rank = c.rank - len(ax)
+                set_out(n, _Chan(p - sum(1 for a in ax if a < p) - new_rank, new_rank))
+        else:
+            raise _Fail(f"output feeds {op} {nm!r}")
+    return plan
+
+
+def _importance(w: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
+    x = np.moveaxis(w.astype(np.float64), axis, 0).reshape(w.shape[axis], -1)
+    return np.abs(x).sum(axis=1), np.sqrt((x * x).sum(axis=1))
+
+
+def _bn_factor(gr: _Graph, pi: int) -> tuple[np.ndarray | None, int | None]:
+    """|scale| / sqrt(var + eps) of a BatchNormalization that is the layer's only consumer."""
+    cons = gr.consumers.get(gr.nodes[pi].output[0], [])
+    if len(cons) != 1:
+        return None, None
+    i, j = cons[0]
+    n = gr.nodes[i]
+    if n.op_type != "BatchNormalization" or j != 0:
+        return None, None
+    scale, var = gr.const(n.input[1]), gr.const(n.input[4])
+    if scale is None or var is None:
+        return None, None
+    eps = float(_attr(n, "epsilon", 1e-5))
+    return np.abs(scale.astype(np.float64)) / np.sqrt(var.astype(np.float64) + eps), i
+
+
+def _analyze(gr: _Graph) -> tuple[list[_Layer], dict[str, str]]:
+    layers, skipped = [], {}
+    for i, n in enumerate(gr.nodes):
+        spec = _producer_spec(gr, i)
+        if spec is None:
+            continue
+        name = gr.names[i]
+        if isinstance(spec, str):
+            skipped[name] = spec
+            continue
+        try:
+            plan = _trace(gr, i, spec)
+        except _Fail as e:
+            skipped[name] = str(e)
+            continue
+        w = gr.const(n.input[spec[0]])
+        l1, l2 = _importance(w, spec[1])
+        f, _ = _bn_factor(gr, i) if n.op_type in ("Conv", "ConvTranspose") else (None, None)
+        if f is not None and f.shape == l1.shape:
+            l1, l2 = l1 * f, l2 * f
+        layers.append(_Layer(i, name, n.op_type, int(w.shape[spec[1]]), l1, l2, plan))
+    return layers, skipped
+
+
+def prunable_layers(model: onnx.ModelProto, shapes: dict | None = None) -> list[str]:
+    """Names of the layers (Conv/Gemm/MatMul nodes) whose output channels/features ``prune`` can remove.
+
+    ``shapes`` (input name -> static shape) helps where a Flatten/Reshape needs the spatial size."""
+    layers, _ = _analyze(_Graph(model, shapes))
+    return [layer.name for layer in layers]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# choosing what to keep and rewriting
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _keep_count(n: int, ratio: float, cfg: PruneConfig) -> int:
+    keep = n - int(round(ratio * n))
+    return _round_keep(n, keep, cfg)
+
+
+def _round_keep(n: int, keep: int, cfg: PruneConfig) -> int:
+    keep = max(keep, min(n, cfg.min_channels), 1)
+    keep = int(math.ceil(keep / cfg.multiple_of) * cfg.multiple_of)
+    return min(keep, n)
+
+
+def _global_counts(layers: list[_Layer], ratio: float, cfg: PruneConfig) -> dict[str, int]:
+    scores, floors = [], {}
+    for layer in layers:
+        imp = layer.importance_l1 if cfg.importance == "l1" else layer.importance_l2
+        mean = float(imp.mean())
+        norm = imp / mean if mean > 0 else np.zeros_like(imp)
+        scores.extend((float(s), layer.name, k) for k, s in enumerate(norm))
+        floors[layer.name] = min(layer.n, cfg.min_channels)
+    target = int(round(ratio * sum(layer.n for layer in layers)))
+    removed = {layer.name: 0 for layer in layers}
+    total = {layer.name: layer.n for layer in layers}
+    done = 0
+    for s, name, _k in sorted(scores, key=lambda t: (t[0], t[1], t[2])):
+        if done >= target:
+            break
+        if total[name] - removed[name] > floors[name]:
+            removed[name] += 1
+            done += 1
+    return {name: _round_keep(total[name], total[name] - removed[name], cfg) for name in total}
+
+
+def _expand(keep: np.ndarray, block: int) -> np.ndarray:
+    if block == 1:
+        return keep
+    return (keep[:, None] * block + np.arange(block)[None, :]).reshape(-1)
+
+
+def _unique(name: str, taken: set) -> str:
+    k, cand = 0, f"{name}_pruned"
+    while cand in taken:
+        k += 1
+        cand = f"{name}_pruned{k}"
+    taken.add(cand)
+    return cand
+
+
+def _apply(gr: _Graph, chosen: list[tuple[_Layer, np.ndarray]]) -> onnx.ModelProto:
+    edits: dict[tuple[int, int], list] = {}
+    groups: dict[int, int] = {}
+    for layer, keep in chosen:
+        for i, j, axis, block in layer.plan.slices:
+            edits.setdefault((i, j), []).append(("slice", axis, _expand(keep, block)))
+        for i, j, pos, inner in layer.plan.reshapes:
+            edits.setdefault((i, j), []).append(("set", pos, len(keep) * inner))
+        for i in layer.plan.groups:
+            groups[i] = len(keep)
+    m = gr.model
+    g = m.graph
+    # each (tensor, edit list) becomes one new value; edits of one tensor are keyed so shared weights stay shared
+    by_src: dict[str, dict] = {}
+    for (i, j), es in edits.items():
+        key = tuple((e[0], e[1], e[2].tobytes() if isinstance(e[2], np.ndarray) else e[2]) for e in es)
+        by_src.setdefault(gr.nodes[i].input[j], {}).setdefault(key, (es, []))[1].append((i, j))
+    taken = {t.name for t in g.initializer} | set(gr.producer) | gr.graph_inputs
+    replaced = set()
+    new_inits = []
+    for src, variants in by_src.items():
+        base = gr.const(src)
+        all_uses = len(gr.consumers.get(src, []))
+        in_place = (len(variants) == 1 and src in gr.init and src not in gr.graph_inputs and src not in gr.outputs
+                    and src not in gr.sub_refs and len(next(iter(variants.values()))[1]) == all_uses)
+        for es, uses in variants.values():
+            arr = base
+            for kind, a, b in es:
+                if kind == "slice":
+                    arr = np.take(arr, b, axis=a)
+                else:
+                    arr = arr.copy()
+                    arr[a] = b
+            arr = np.ascontiguousarray(arr)
+            name = src if in_place else _unique(src, taken)
+            new_inits.append(numpy_helper.from_array(arr.astype(base.dtype, copy=False), name))
+            for i, j in uses:
+                gr.nodes[i].input[j] = name
+        replaced.add(src)  # the old value is dropped below if nothing uses it any more
+    for i, k in groups.items():
+        for a in gr.nodes[i].attribute:
+            if a.name == "group":
+                a.i = k
+    # rebuild the node list (copies first: gr.nodes are references into g.node) and the initializers
+    nodes = [onnx.NodeProto() for _ in gr.nodes]
+    for dst, src in zip(nodes, gr.nodes):
+        dst.CopyFrom(src)
+    used = set()
+    for n in nodes:
+        used.update(n.input)
+    used |= gr.sub_refs | gr.outputs
+    # unused Constant nodes whose value we replaced
+    nodes = [n for n in nodes if not (n.op_type == "Constant" and n.output and n.output[0] in replaced
+                                      and n.output[0] not in used)]
+    del g.node[:]
+    g.node.extend(nodes)
+    new_by_name = {t.name: t for t in new_inits}
+    kept = []
+    for t in g.initializer:
+        if t.name in new_by_name:
+            continue
+        if t.name in replaced and t.name not in used:
+            continue
+        kept.append(t)
+    dropped = {t.name for t in g.initializer} - {t.name for t in kept} - set(new_by_name)
+    del g.initializer[:]
+    g.initializer.extend(kept + new_inits)
+    if dropped:
+        ins = [v for v in g.input if v.name not in dropped]
+        del g.input[:]
+        g.input.extend(ins)
+    del g.value_info[:]
+    return m
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the passes
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _looks_like_attention(gr: _Graph) -> bool:
+    for n in gr.nodes:
+        if n.op_type == "Attention" or n.op_type == "MultiHeadAttention":
+            return True
+        if n.op_type == "MatMul" and len(n.input) == 2 and gr.const(n.input[0]) is None and gr.const(n.input[1]) is None:
+            return True
+    return False
+
+
+@register_pass
+class Prune(Pass):
+    name = "prune"
+    doc = "Structured pruning: remove low-norm Conv channels and MLP/FFN neurons, shrinking every consumer (not exact)."
+    Config = PruneConfig
+    exact = False
+
+    def run(self, model: onnx.ModelProto, ctx: Context) -> PassResult:
+        cfg: PruneConfig = self.config
+        if cfg.ratio == 0 and not any(v > 0 for v in cfg.layers.values()):
+            return PassResult(model, modified=False, notes=["ratio 0: nothing pruned"],
+                              metrics={"layers": {}, "params_before": param_count(model),
+                                       "params_after": param_count(model)})
+        gr = _Graph(model, getattr(ctx, "shapes", None))
+        layers, skipped = _analyze(gr)
+        notes: list[str] = []
+        by_name = {layer.name: layer for layer in layers}
+        for name in list(cfg.layers) + list(cfg.skip):
+            if name not in by_name and name not in skipped and name not in gr.names:
+                notes.append(f"no node named {name!r} (in skip/layers): ignored")
+        active = [layer for layer in layers if layer.name not in cfg.skip]
+        counts: dict[str, int] = {}
+        overridden = [layer for layer in active if layer.name in cfg.layers]
+        rest = [layer for layer in active if layer.name not in cfg.layers]
+        for layer in overridden:
+            counts[layer.name] = _keep_count(layer.n, cfg.layers[layer.name], cfg)
+        if cfg.scope == "global" and rest and cfg.ratio > 0:
+            counts.update(_global_counts(rest, cfg.ratio, cfg))
+        else:
+            for layer in rest:
+                counts[layer.name] = _keep_count(layer.n, cfg.ratio, cfg)
+        chosen, metrics_layers, whole = [], {}, []
+        for layer in active:
+            k = counts[layer.name]
+            imp = layer.importance_l1 if cfg.importance == "l1" else layer.importance_l2
+            keep = np.sort(np.argsort(-imp, kind="stable")[:k]).astype(np.int64)
+            metrics_layers[layer.name] = {"kept": int(k), "total": int(layer.n), "ratio": round(1 - k / layer.n, 4)}
+            if k < layer.n:
+                chosen.append((layer, keep))
+                notes.append(f"{layer.name} {layer.n}\u2192{k} ({cfg.importance})")
+            else:
+                whole.append(layer.name)
+        if whole:
+            notes.append(f"kept whole (min_channels={cfg.min_channels}, multiple_of={cfg.multiple_of} or ratio): "
+                         + ", ".join(whole))
+        for name in cfg.skip:
+            if name in by_name:
+                notes.append(f"skipped {name}: in the skip list")
+        for name, why in skipped.items():
+            notes.append(f"skipped {name}: {why}")
+        if _looks_like_attention(gr):
+            notes.append("attention-head pruning not implemented (attention MatMuls left as they are)")
+        before = param_count(model)
+        if not chosen:
+            notes.append("nothing pruned")
+            return PassResult(model, modified=False, notes=notes,
+                              metrics={"layers": metrics_layers, "params_before": before, "params_after": before})
+        out = _apply(gr, chosen)
+        try:
+            onnx.shape_inference.infer_shapes(out, strict_mode=True)
+        except Exception as e:
+            try:
+                onnx.shape_inference.infer_shapes(model, strict_mode=True)
+            except Exception:
+                pass  # the input does not pass strict inference either (custom ops): nothing to learn
+            else:
+                raise PassError(f"prune produced inconsistent shapes: {str(e).splitlines()[0][:300]}",
+                                "add the layer named in the message to skip, and report the model") from e
+        after = param_count(out)
+        notes.append(f"importance: {cfg.importance} norm of each filter/neuron"
+                     + (" (times the following BatchNormalization's scale)" if any(
+                         gr.nodes[i].op_type == "BatchNormalization" for layer, _ in chosen
+                         for i, _j, _a, _b in layer.plan.slices) else "") + f", scope {cfg.scope}")
+        notes.append(f"params {before:,} \u2192 {after:,} ({(after - before) / max(before, 1):+.1%})")
+        return PassResult(out, modified=True, notes=notes,
+                          metrics={"layers": metrics_layers, "params_before": before, "params_after": after})
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# sparsify
+# ---------------------------------------------------------------------------------------------------------------
+
+SPARSE_NOTE = ("dense CPU kernels (ONNX Runtime CPU) gain no speed from these zeros; "
+               "2:4 helps TensorRT sparse tactics on Ampere+ GPUs")
+
+
+@dataclass(frozen=True)
+class SparsifyConfig(PassConfig):
+    sparsity: float = option(0.5, "fraction of each weight zeroed (smallest |w| first); pattern 2:4 is always 50%")
+    pattern: str = option("unstructured", "unstructured magnitude, or 2:4 (2 of every 4 consecutive weights along "
+                                          "the input/reduction axis: the TensorRT sparse layout)",
+                          choices=("unstructured", "2:4"))
+    skip: list[str] = option([], "layer (node) names left dense")
+
+    def check(self) -> str | None:
+        if not 0.0 <= self.sparsity < 1.0:
+            return f"option 'sparsity' must be in [0, 1), got {self.sparsity}"
+        return None
+
+
+def _reduction_axis(node: onnx.NodeProto, w: np.ndarray) -> int:
+    if node.op_type == "Conv":
+        return 1
+    if node.op_type == "Gemm":
+        return 1 if int(_attr(node, "transB", 0)) else 0
+    return w.ndim - 2  # MatMul: X @ W reduces over W's rows
+
+
+def _two_four(w: np.ndarray, axis: int) -> np.ndarray:
+    x = np.moveaxis(w, axis, -1)
+    shp = x.shape
+    g = x.reshape(-1, 4)
+    order = np.argsort(np.abs(g), axis=1, kind="stable")  # ascending: the first two are dropped
+    mask = np.ones_like(g, dtype=bool)
+    np.put_along_axis(mask, order[:, :2], False, axis=1)
+    return np.moveaxis(np.where(mask, g, 0).reshape(shp), -1, axis).astype(w.dtype)
+
+
+def _unstructured(w: np.ndarray, sparsity: float) -> np.ndarray:
+    flat = w.reshape(-1).copy()
+    k = int(round(sparsity * flat.size))
+    if k > 0:
+        idx = np.argsort(np.abs(flat), kind="stable")[:k]
+        flat[idx] = 0
+    return flat.reshape(w.shape)
+
+
+@register_pass
+class Sparsify(Pass):
+    name = "sparsify"
+    doc = "Magnitude sparsification (unstructured or 2:4) of Conv/Gemm/MatMul weights; shapes unchanged (not exact)."
+    Config = SparsifyConfig
+    exact = False
+
+    def run(self, model: onnx.ModelProto, ctx: Context) -> PassResult:
+        cfg: SparsifyConfig = self.config
+        if cfg.pattern == "unstructured" and cfg.sparsity == 0:
+            return PassResult(model, modified=False, notes=["sparsity 0: nothing zeroed"],
+                              metrics={"layers": {}, "sparsity": 0.0})
+        m = onnx.ModelProto()
+        m.CopyFrom(model)
+        g = m.graph
+        inits = {t.name: t for t in g.initializer}
+        graph_inputs = {v.name for v in g.input}
+        done: dict[str, np.ndarray] = {}
+        layers, notes = {}, []
+        zeros = total = 0
+        for n in g.node:
+            if n.domain not in _STD or n.op_type not in ("Conv", "Gemm", "MatMul") or len(n.input) < 2:
+                continue
+            name, src = layer_name(n), n.input[1]
+            if src not in inits or src in graph_inputs:
+                continue
+            if name in cfg.skip:
+                notes.append(f"skipped {name}: in the skip list")
+                continue
+            w = numpy_helper.to_array(inits[src])
+            if w.ndim < 2 or w.dtype.kind != "f":
+                continue
+            if src not in done:
+                if cfg.pattern == "2:4":
+                    ax = _reduction_axis(n, w)
+                    if w.shape[ax] % 4:
+                        notes.append(f"skipped {name}: reduction axis of {w.shape[ax]} is not a multiple of 4")
+                        continue
+                    new = _two_four(w, ax)
+                else:
+                    new = _unstructured(w, cfg.sparsity)
+                done[src] = new
+                inits[src].CopyFrom(numpy_helper.from_array(new, src))
+                z, size = int((new == 0).sum()), int(new.size)
+                zeros, total = zeros + z, total + size
+                layers[name] = {"sparsity": round(z / size, 4), "zeros": z, "total": size}
+        overall = zeros / total if total else 0.0
+        notes.insert(0, f"{len(layers)} weight(s) sparsified, {cfg.pattern}"
+                        + ("" if cfg.pattern == "2:4" else f" {cfg.sparsity:.0%}") + f": {overall:.1%} zeros overall")
+        notes.append(SPARSE_NOTE)
+        return PassResult(m, modified=bool(layers), notes=notes, metrics={"layers": layers, "sparsity": round(overall, 4)})

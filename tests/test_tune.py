@@ -1,0 +1,155 @@
+"""--tolerance search and the performance guard: behaviour on models built to need them."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import optkit
+from optkit.errors import InputError, ToleranceMiss
+from optkit.recipe import parse_recipe
+from optkit.tune import Criterion, parse_budget, parse_tolerance
+
+
+def _save(model, path):
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
+def sensitive_mlp(path, hidden=64):
+    """x[.,64] -> fc1 -> Relu -> fc2 -> fc3. fc1 writes one huge channel (~1000) beside small ones (~1); fc2 reads
+    the small ones with normal weights and the huge one with a tiny weight. With 8-bit activations the scale of
+    fc1's output is set by the outlier, so quantizing fc2's input wipes out everything else: fc2 is the one node that
+    must stay in float."""
+    rng = np.random.default_rng(0)
+    w1 = rng.standard_normal((64, hidden)).astype(np.float32) * 0.2
+    w1[:, 0] = np.abs(w1[:, 0]) * 400  # the outlier channel
+    w2 = rng.standard_normal((hidden, hidden)).astype(np.float32) * 0.3
+    w2[0, :] = 1e-3
+    w3 = rng.standard_normal((hidden, 10)).astype(np.float32) * 0.3
+    inits = [numpy_helper.from_array(w, n) for w, n in ((w1, "w1"), (w2, "w2"), (w3, "w3"))]
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h1"], name="fc1"), helper.make_node("Relu", ["h1"], ["a1"], name="relu1"),
+             helper.make_node("MatMul", ["a1", "w2"], ["h2"], name="fc2"), helper.make_node("Relu", ["h2"], ["a2"], name="relu2"),
+             helper.make_node("MatMul", ["a2", "w3"], ["y"], name="fc3")]
+    g = helper.make_graph(nodes, "sensitive", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 64])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 10])], inits)
+    return _save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), path)
+
+
+def slow_int8_cnn(path):
+    """Two 3x3 convs, 32/64 channels on 32x32: dynamic INT8 Conv (ConvInteger) runs several times slower than FP32."""
+    rng = np.random.default_rng(0)
+    w1 = rng.standard_normal((32, 3, 3, 3)).astype(np.float32) * 0.2
+    w2 = rng.standard_normal((64, 32, 3, 3)).astype(np.float32) * 0.05
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+             helper.make_node("Conv", ["r1", "w2"], ["y"], name="conv2", pads=[1, 1, 1, 1])]
+    g = helper.make_graph(nodes, "slowint8", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3, 32, 32])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 64, 32, 32])],
+                          [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2")])
+    return _save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), path)
+
+
+def _data(path, name, shape, n=16, seed=1):
+    rng = np.random.default_rng(seed)
+    np.savez(path, **{name: np.abs(rng.standard_normal((n, *shape))).astype(np.float32)})
+    return path
+
+
+STATIC = parse_recipe({"passes": [{"int8-static": {"per_channel": True}}]}, "test", "static")
+
+
+def test_plain_quantization_misses_and_the_tuner_falls_the_sensitive_node_back(tmp_path):
+    model = sensitive_mlp(tmp_path / "s.onnx")
+    data = _data(tmp_path / "d.npz", "x", (1, 64))
+    # without --tolerance the recipe's configuration is taken as is, and it is far off
+    plain = optkit.optimize(model, STATIC, data=data, output=tmp_path / "plain", force=True)
+    assert plain["accuracy"]["vs_input"]["cosine"] < 0.99
+    man = optkit.optimize(model, STATIC, data=data, output=tmp_path / "tuned", tolerance="1%", force=True)
+    entry = man["pass_log"][0]
+    chosen = next(t for t in entry["trials"] if t.get("chosen"))
+    assert chosen["ok"] and chosen["fallback_float"][0] == "fc2"
+    assert man["tolerance"]["passed"] and man["accuracy"]["vs_input"]["cosine"] >= 0.99
+    assert all("value" in t and "config" in t for t in entry["trials"])  # every trial recorded
+    ops = {n.name: n.op_type for n in onnx.load(man["artifact"] + "/model.onnx").graph.node}
+    assert ops["fc2"] == "MatMul" and "QuantizeLinear" in ops.values()
+
+
+def test_nothing_passes_saves_best_and_fails_unless_allowed(tmp_path):
+    model = sensitive_mlp(tmp_path / "s.onnx")
+    data = _data(tmp_path / "d.npz", "x", (1, 64))
+    with pytest.raises(ToleranceMiss, match=r"tolerance missed .* best candidate is saved at .*tight[/\\]s[/\\]1"):
+        optkit.optimize(model, STATIC, data=data, output=tmp_path / "tight", tolerance="abs:0", metric="max_abs",
+                        max_trials=3, force=True)
+    assert (tmp_path / "tight" / "s" / "1" / "model.onnx").is_file()
+    man = optkit.optimize(model, STATIC, data=data, output=tmp_path / "tight", tolerance="abs:0", metric="max_abs",
+                          max_trials=3, allow_miss=True, force=True)
+    assert man["tolerance"]["passed"] is False and man["tolerance"]["missed_by"] == ["int8-static"]
+    assert len(man["pass_log"][0]["trials"]) == 3
+
+
+def test_guard_reverts_int8_that_is_slower(tmp_path):
+    model = slow_int8_cnn(tmp_path / "c.onnx")
+    data = _data(tmp_path / "d.npz", "x", (1, 3, 32, 32), n=4)
+    dyn_conv = parse_recipe({"passes": [{"int8-dynamic": {"op_types": ["Conv"]}}]}, "test", "dynconv")
+    man = optkit.optimize(model, dyn_conv, data=data, output=tmp_path / "out")
+    entry = man["pass_log"][0]
+    assert entry["status"] == "reverted" and entry["guard"]["speedup_vs_before"] < 1.0
+    assert any("performance guard" in n for n in entry["notes"])
+    ops = {n.op_type for n in onnx.load(man["artifact"] + "/model.onnx").graph.node}
+    assert "ConvInteger" not in ops and man["accuracy"]["vs_input"]["max_abs"] == 0
+    forced = optkit.optimize(model, dyn_conv, data=data, output=tmp_path / "out", force=True)
+    assert "ConvInteger" in {n.op_type for n in onnx.load(forced["artifact"] + "/model.onnx").graph.node}
+    assert forced["pass_log"][0]["status"] == "ok"
+
+
+def test_layer_search_compresses_tolerant_layers_only(tmp_path):
+    """Two layers: one exactly low-rank (tolerant), one full-rank random (sensitive). keep_flops 0.3 on both misses
+    1%; the search must compress the tolerant one and leave the other."""
+    rng = np.random.default_rng(0)
+    low = (rng.standard_normal((256, 8)) @ rng.standard_normal((8, 256))).astype(np.float32) / 16
+    full = rng.standard_normal((256, 256)).astype(np.float32) / 16
+    nodes = [helper.make_node("MatMul", ["x", "wl"], ["h"], name="tolerant"), helper.make_node("Relu", ["h"], ["a"], name="r"),
+             helper.make_node("MatMul", ["a", "wf"], ["y"], name="sensitive")]
+    g = helper.make_graph(nodes, "lr", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 256])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 256])],
+                          [numpy_helper.from_array(low, "wl"), numpy_helper.from_array(full, "wf")])
+    model = _save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "lr.onnx")
+    data = _data(tmp_path / "d.npz", "x", (4, 256))
+    recipe = parse_recipe({"passes": [{"lowrank": {"keep_flops": 0.3, "min_size": 0}}]}, "test", "lr")
+    man = optkit.optimize(model, recipe, data=data, output=tmp_path / "out", tolerance="1%", force=True)
+    entry = man["pass_log"][0]
+    chosen = next(t for t in entry["trials"] if t.get("chosen"))
+    assert chosen["layers"] == ["tolerant"]
+    assert set(entry["metrics"]["layers"]) >= {"tolerant"} and man["tolerance"]["passed"]
+    names = {n.name for n in onnx.load(man["artifact"] + "/model.onnx").graph.node}
+    assert "sensitive" in names and "tolerant" not in names
+
+
+def test_tolerance_and_budget_parsing():
+    assert parse_tolerance("1%") == (0.01, False)
+    assert parse_tolerance("0.02") == (0.02, False)
+    assert parse_tolerance("abs:0.005") == (0.005, True)
+    for bad in ("x", "150%", "-1%", "abs:"):
+        with pytest.raises(InputError):
+            parse_tolerance(bad)
+    assert parse_budget("10m") == 600 and parse_budget("90s") == 90 and parse_budget("1h") == 3600 and parse_budget("5") == 5
+    with pytest.raises(InputError):
+        parse_budget("soon")
+
+
+def test_criterion_judgements():
+    ref = [{"y": np.array([[1.0, 0.0], [0.0, 1.0]], np.float32)}]
+    near = [{"y": np.array([[0.99, 0.01], [0.0, 1.0]], np.float32)}]
+    flip = [{"y": np.array([[0.0, 1.0], [0.0, 1.0]], np.float32)}]
+    labels = [np.array([0, 1])]
+    assert Criterion("top1", 0.01).judge(ref, near, labels)["ok"]
+    assert not Criterion("top1", 0.01).judge(ref, flip, labels)["ok"]
+    assert Criterion("top1", 0.5, absolute=True).judge(ref, flip, labels)["ok"]
+    assert Criterion("cosine", 0.01).judge(ref, near, labels)["ok"]
+    assert not Criterion("agreement", 0.01).judge(ref, flip, labels)["ok"]
+    assert Criterion("max_abs", 0.02, absolute=True).judge(ref, near, labels)["ok"]
+    assert not Criterion("max_abs", 0.005, absolute=True).judge(ref, near, labels)["ok"]
