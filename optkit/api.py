@@ -17,7 +17,7 @@ from .hw import cpu_features
 from .metrics import top1
 from .model import load_model, model_info, save_model, sha256_file, signature
 from .passes import Context, Progress
-from .pipeline import Pipeline
+from .pipeline import Pipeline, PipelineResult
 from .recipe import Recipe, load_recipe
 
 
@@ -79,6 +79,9 @@ def optimize(model: str | Path, recipe: str | Path | Recipe, *, data: str | Path
     started = time.perf_counter()
     with staged_version(out_root, name or _model_name(src), version) as staged:
         result = Pipeline(passes, ctx, tuning=tuning).run(m, on_pass=on_pass)
+        candidates = None
+        if rec.candidates:
+            result, candidates = _pick_candidate(result, rec.build_candidates(), ctx, tuning, m, on_pass)
         out_model = staged.stage / "model.onnx"
         save_model(result.model, out_model)
         t0 = time.perf_counter()
@@ -105,6 +108,7 @@ def optimize(model: str | Path, recipe: str | Path | Recipe, *, data: str | Path
                            "passed": not result.missed, "missed_by": result.missed, "trials": tuning.trials_run}
                           if tuning.criterion else None),
             "guard": {"enabled": tuning.guard and tuning.probe is not None, "final": result.final_guard},
+            "candidates": candidates,
             "warnings": list(samples.warnings),
             "environment": environment(),
         }
@@ -117,9 +121,47 @@ def optimize(model: str | Path, recipe: str | Path | Recipe, *, data: str | Path
     return manifest
 
 
+def _pick_candidate(prefix, candidates, ctx, tuning, original, on_pass):
+    """Run every candidate's passes on the prefix result; keep the fastest that meets the tolerance."""
+    import dataclasses
+
+    rows, best = [], None
+    for cname, cpasses in candidates:
+        if tuning.deadline is not None and time.monotonic() > tuning.deadline:
+            rows.append({"candidate": cname, "skipped": "time budget spent"})
+            continue
+        own = dataclasses.replace(tuning, trials_run=0)  # each candidate gets the full trial budget
+        sub = Pipeline(cpasses, ctx, tuning=own).run(prefix.model)
+        speed = tuning.probe.speedup(original, sub.model) if tuning.probe is not None else None
+        acc = sub.log[-1].get("vs_input", {}) if sub.log else {}
+        row = {"candidate": cname, "passes": [p.name for p in cpasses], "passed": not sub.missed, "missed_by": sub.missed,
+               "speedup_vs_input": speed, "trials": own.trials_run, "cosine_vs_prefix": acc.get("cosine"),
+               "reverted": [e["pass"] for e in sub.log if e["status"] == "reverted"]}
+        tol = [e["tolerance"] for e in sub.log if "tolerance" in e]
+        if tol:
+            row["metric"] = {"name": tol[-1]["metric"], "value": tol[-1]["value"], "threshold": tol[-1]["threshold"]}
+        rows.append(row)
+        key = (row["passed"], speed or 0.0)
+        if best is None or key > best[0]:
+            best = (key, cname, sub)
+    _, chosen, sub = best
+    for row in rows:
+        row["chosen"] = row["candidate"] == chosen
+    for entry in sub.log:
+        entry["candidate"] = chosen
+        if on_pass is not None:
+            on_pass(entry)
+    result = PipelineResult(sub.model, prefix.log + sub.log, prefix.reference_outputs, sub.outputs, sub.missed,
+                          sub.final_guard or prefix.final_guard)
+    return result, rows
+
+
 def _tuning(model, rec: Recipe, samples, threads: int, tolerance, metric: str, budget, max_trials: int, force: bool, warn):
     from .tune import SpeedProbe, Tuning, make_criterion, parse_budget
 
+    if rec.candidates and tolerance is None:
+        tolerance = "1%"
+        warn(f"recipe {rec.name!r} picks among candidates within a tolerance and none was given: using --tolerance 1%")
     crit = None
     if tolerance is not None:
         _, outputs = signature(model)
@@ -129,11 +171,10 @@ def _tuning(model, rec: Recipe, samples, threads: int, tolerance, metric: str, b
     if max_trials < 1:
         raise InputError(f"--max-trials must be >= 1, got {max_trials}", "give a positive number of trials")
     probe = None
-    if not force:
-        if rec.backend == "ort":
-            probe = SpeedProbe(samples.feeds[0], threads)
-        else:
-            warn(f"performance guard measures on ONNX Runtime; it is off for backend {rec.backend!r}")
+    if rec.backend == "ort":
+        probe = SpeedProbe(samples.feeds[0], threads)
+    elif not force:
+        warn(f"performance guard measures on ONNX Runtime; it is off for backend {rec.backend!r}")
     return Tuning(criterion=crit, max_trials=max_trials, deadline=time.monotonic() + seconds if seconds else None,
                   guard=not force, probe=probe)
 

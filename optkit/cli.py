@@ -300,7 +300,10 @@ def recipes(fmt: str = FormatOpt):
     for col in ("recipe", "backend", "passes", "description"):
         t.add_column(col, overflow="fold")
     for r in rows:
-        t.add_row(r["name"], r["backend"], " → ".join(r["passes"]), r["description"])
+        flow = " → ".join(r["passes"])
+        if r.get("candidates"):
+            flow += " → best of {" + " | ".join(" → ".join(v) or k for k, v in r["candidates"].items()) + "}"
+        t.add_row(r["name"], r["backend"], flow, r["description"])
     out.print(t)
 
 

@@ -11,7 +11,8 @@ from .errors import RecipeError
 
 _KEYS = {"name": "recipe name", "description": "one line shown by `optkit recipes`",
          "backend": "ort | tvm | trt", "passes": "list of pass names or {pass: {options}}",
-         "backend_options": "options for the backend (see `optkit passes --backends`)"}
+         "backend_options": "options for the backend",
+         "candidates": "name -> list of passes: each is tried after `passes`; the fastest within --tolerance is kept"}
 
 
 @dataclass(frozen=True)
@@ -33,9 +34,13 @@ class Recipe:
     passes: tuple[PassSpec, ...]
     backend_options: dict = field(default_factory=dict)
     source: str = ""
+    candidates: tuple[tuple[str, tuple[PassSpec, ...]], ...] = ()
 
     def build_passes(self):
         return [p.build() for p in self.passes]
+
+    def build_candidates(self) -> list[tuple[str, list]]:
+        return [(name, [p.build() for p in specs]) for name, specs in self.candidates]
 
     def backend_config(self):
         from .backends import get_backend
@@ -45,9 +50,14 @@ class Recipe:
 
     def to_dict(self) -> dict:
         """The resolved recipe: every pass option spelled out (defaults included), as stored in manifests."""
-        passes = [{p.name: p.build().config.to_dict()} for p in self.passes]
-        return {"name": self.name, "description": self.description, "backend": self.backend,
-                "passes": passes, "backend_options": self.backend_config().to_dict()}
+        def resolved(specs):
+            return [{p.name: p.build().config.to_dict()} for p in specs]
+
+        out = {"name": self.name, "description": self.description, "backend": self.backend,
+               "passes": resolved(self.passes), "backend_options": self.backend_config().to_dict()}
+        if self.candidates:
+            out["candidates"] = {name: resolved(specs) for name, specs in self.candidates}
+        return out
 
 
 def builtin_dir():
@@ -62,7 +72,10 @@ def list_recipes() -> list[dict]:
     out = []
     for n in builtin_names():
         r = load_recipe(n)
-        out.append({"name": r.name, "backend": r.backend, "passes": [p.name for p in r.passes], "description": r.description})
+        row = {"name": r.name, "backend": r.backend, "passes": [p.name for p in r.passes], "description": r.description}
+        if r.candidates:
+            row["candidates"] = {name: [p.name for p in specs] for name, specs in r.candidates}
+        out.append(row)
     return out
 
 
@@ -88,7 +101,6 @@ def load_recipe(name_or_path: str | Path) -> Recipe:
 
 def parse_recipe(data, source: str = "<dict>", default_name: str = "custom") -> Recipe:
     from .backends import backend_names
-    from .passes import get_pass
 
     where = f"recipe {source}: "
     if not isinstance(data, dict):
@@ -104,9 +116,24 @@ def parse_recipe(data, source: str = "<dict>", default_name: str = "custom") -> 
             raise RecipeError(f"{where}{key!r} must be a string, got {val!r}", f"{key}: {_KEYS[key]}")
     if backend not in backend_names():
         raise RecipeError(f"{where}backend must be one of {', '.join(backend_names())}; got {backend!r}", "pick an allowed value")
-    raw = data.get("passes", [])
+    specs = _parse_passes(data.get("passes", []), where, "passes")
+    cands = data.get("candidates", {}) or {}
+    if not isinstance(cands, dict) or not all(isinstance(k, str) for k in cands):
+        raise RecipeError(f"{where}'candidates' must be a mapping of name -> list of passes", _KEYS["candidates"])
+    candidates = tuple((cname, _parse_passes(cpasses, where, f"candidates.{cname}")) for cname, cpasses in cands.items())
+    bopts = data.get("backend_options", {}) or {}
+    if not isinstance(bopts, dict):
+        raise RecipeError(f"{where}'backend_options' must be a mapping", _KEYS["backend_options"])
+    recipe = Recipe(name, desc, backend, specs, dict(bopts), source, candidates)
+    recipe.backend_config()  # validate backend options
+    return recipe
+
+
+def _parse_passes(raw, where: str, key: str) -> tuple[PassSpec, ...]:
+    from .passes import get_pass
+
     if not isinstance(raw, list):
-        raise RecipeError(f"{where}'passes' must be a list, got {type(raw).__name__}", _KEYS["passes"])
+        raise RecipeError(f"{where}{key!r} must be a list, got {type(raw).__name__}", _KEYS["passes"])
     specs = []
     for i, item in enumerate(raw):
         if isinstance(item, str):
@@ -117,14 +144,9 @@ def parse_recipe(data, source: str = "<dict>", default_name: str = "custom") -> 
             if not isinstance(opts, dict):
                 raise RecipeError(f"{where}options of pass {pname!r} must be a mapping, got {opts!r}", "write `- pass: {key: value}`")
         else:
-            raise RecipeError(f"{where}passes[{i}] must be a pass name or a one-key mapping, got {item!r}",
+            raise RecipeError(f"{where}{key}[{i}] must be a pass name or a one-key mapping, got {item!r}",
                               "write `- simplify` or `- int8-static: {calibration: entropy}`")
         cls = get_pass(pname)
         cls.Config.from_dict(opts, where=f"{where}pass {pname!r}: ")  # validate now, not mid-pipeline
         specs.append(PassSpec(pname, dict(opts)))
-    bopts = data.get("backend_options", {}) or {}
-    if not isinstance(bopts, dict):
-        raise RecipeError(f"{where}'backend_options' must be a mapping", _KEYS["backend_options"])
-    recipe = Recipe(name, desc, backend, tuple(specs), dict(bopts), source)
-    recipe.backend_config()  # validate backend options
-    return recipe
+    return tuple(specs)

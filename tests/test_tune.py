@@ -153,3 +153,28 @@ def test_criterion_judgements():
     assert not Criterion("agreement", 0.01).judge(ref, flip, labels)["ok"]
     assert Criterion("max_abs", 0.02, absolute=True).judge(ref, near, labels)["ok"]
     assert not Criterion("max_abs", 0.005, absolute=True).judge(ref, near, labels)["ok"]
+
+
+def test_candidates_keep_the_fastest_within_tolerance(tmp_path):
+    model = slow_int8_cnn(tmp_path / "c.onnx")
+    data = _data(tmp_path / "d.npz", "x", (1, 3, 32, 32), n=8)
+    recipe = parse_recipe({"passes": ["simplify"], "candidates": {
+        "dynconv": [{"int8-dynamic": {"op_types": ["Conv"]}}],
+        "static": ["int8-static"]}}, "test", "auto")
+    man = optkit.optimize(model, recipe, data=data, output=tmp_path / "out", tolerance="5%", force=True)
+    rows = {r["candidate"]: r for r in man["candidates"]}
+    assert rows["static"]["chosen"] and not rows["dynconv"]["chosen"]
+    assert rows["static"]["speedup_vs_input"] > rows["dynconv"]["speedup_vs_input"]
+    assert [e["pass"] for e in man["pass_log"]] == ["simplify", "int8-static"]
+    assert man["pass_log"][-1]["candidate"] == "static"
+    assert man["recipe"]["candidates"]["static"][0]["int8-static"]["calibration"] == "minmax"
+
+
+def test_candidate_recipe_without_tolerance_uses_one_percent(tmp_path):
+    model = slow_int8_cnn(tmp_path / "c.onnx")
+    data = _data(tmp_path / "d.npz", "x", (1, 3, 32, 32), n=4)
+    recipe = parse_recipe({"candidates": {"fp32": [], "static": ["int8-static"]}}, "test", "auto")
+    warnings = []
+    man = optkit.optimize(model, recipe, data=data, output=tmp_path / "out", warn=warnings.append, force=True)
+    assert any("--tolerance 1%" in w for w in warnings)
+    assert man["tolerance"]["criterion"] == "cosine within 0.01 relative"
