@@ -7,7 +7,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import optkit.passes.prune as prune_mod
-from optkit.errors import RecipeError
+from optkit.data import Samples
+from optkit.errors import PassError, RecipeError
 from optkit.passes import Context
 from optkit.passes.prune import Prune, Sparsify, prunable_layers
 from optkit.pipeline import run_model
@@ -251,7 +252,6 @@ def test_depthwise_conv_follows_the_channels():
     w1[dead] = 0
     inits = {"w1": w1, "wd": wd, "bd": np.zeros(16, np.float32), "wp": wp}
     nodes = [helper.make_node("Conv", ["x", "w1"], ["c1"], name="conv1"),
-             helper.make_node("Clip", ["c1"], ["r1"], min=0.0, max=6.0) if False else
              helper.make_node("Relu", ["c1"], ["r1"]),
              helper.make_node("Conv", ["r1", "wd", "bd"], ["d"], name="dw", group=16, pads=[1, 1, 1, 1]),
              helper.make_node("HardSwish", ["d"], ["h"]),
@@ -379,6 +379,119 @@ def test_prunable_layers_on_the_cnn():
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# bias compensation and activation importance (need real samples)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _samples(model, n=4, synthetic=False, const_channel=None):
+    feeds = _feeds(model, n=n)
+    if const_channel is not None:
+        for f in feeds:
+            f["x"][:, const_channel] = 1.0
+    return Samples(feeds, synthetic=synthetic, source="test")
+
+
+def _const_channels_cnn():
+    """conv1 channels 0..7 are constant (zero filter, bias 0.5 -> relu 0.5): removing them loses only a constant,
+    which bias compensation folds into conv2 (1x1, no bias) and so keeps the outputs exact."""
+    w1, b1 = _f(16, 3, 3, 3), _f(16)
+    w1[:8], b1[:8] = 0, 0.5
+    inits = {"w1": w1, "b1": b1, "w2": _f(8, 16, 1, 1), "fw": _f(10, 8)}
+    nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c1"], ["r1"]),
+             helper.make_node("Conv", ["r1", "w2"], ["c2"], name="conv2"),
+             helper.make_node("Relu", ["c2"], ["r2"]),
+             helper.make_node("GlobalAveragePool", ["r2"], ["gap"]),
+             helper.make_node("Flatten", ["gap"], ["flat"]),
+             helper.make_node("Gemm", ["flat", "fw", "fb"], ["y"], name="fc", transB=1)]
+    inits["fb"] = _f(10)
+    return _model(nodes, [_vi("x", ["batch", 3, 8, 8])], [_vi("y", ["batch", 10])], inits)
+
+
+def test_bias_compensation_folds_removed_constant_channels():
+    m = _const_channels_cnn()
+    feeds = _feeds(m)
+    opts = dict(ratio=0.0, layers={"conv1": 0.5}, min_channels=1)
+    plain = _run(m, **opts)
+    assert _max_diff(m, plain.model, feeds) > 1e-3
+    assert any("bias compensation skipped: no samples" in n for n in plain.notes)
+    res = Prune(opts).run(m, Context(samples=_samples(m)))
+    onnx.checker.check_model(res.model, full_check=True)
+    assert _w(res.model, "conv1").shape[0] == 8 and _w(res.model, "conv2").shape == (8, 8, 1, 1)
+    assert _w(res.model, "conv2", 2).shape == (8,)  # a bias conv2 did not have
+    assert any(n.startswith("bias compensation: ") for n in res.notes)
+    assert _max_diff(m, res.model, feeds) < 1e-4
+
+
+def test_bias_compensation_needs_real_samples():
+    m = _const_channels_cnn()
+    res = Prune(dict(ratio=0.0, layers={"conv1": 0.5})).run(m, Context(samples=_samples(m, synthetic=True)))
+    assert any("bias compensation skipped: the samples are synthetic" in n for n in res.notes)
+    with pytest.raises(PassError, match="activation"):
+        Prune(dict(ratio=0.5, importance="activation")).run(m, Context(samples=_samples(m, synthetic=True)))
+    with pytest.raises(PassError, match="activation"):
+        Prune(dict(ratio=0.5, importance="activation")).run(m, Context())
+
+
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_bias_compensation_on_an_mlp(with_bias):
+    """Dead neurons with a positive bias output a constant: folded into fc2's bias Add, or an inserted Add."""
+    m = mlp(hidden=32, dead=range(16))
+    for t in m.graph.initializer:
+        if t.name == "b1":
+            b1 = numpy_helper.to_array(t).copy()
+            b1[:16] = 0.7
+            t.CopyFrom(numpy_helper.from_array(b1, "b1"))
+    if not with_bias:  # fc2 writes the graph output itself
+        nodes = [n for n in m.graph.node if n.name != "add2"]
+        nodes[-1].output[0] = "y"
+        del m.graph.node[:]
+        m.graph.node.extend(nodes)
+    feeds = _feeds(m)
+    res = Prune({"ratio": 0.5, "min_channels": 1}).run(m, Context(samples=_samples(m)))
+    onnx.checker.check_model(res.model, full_check=True)
+    assert _w(res.model, "fc1").shape == (16, 16)
+    assert [o.name for o in res.model.graph.output] == ["y"]
+    assert _max_diff(m, res.model, feeds) < 1e-4
+
+
+@pytest.mark.parametrize("bias", [None, "scalar", "vector"])
+def test_bias_compensation_into_a_gemm_after_flatten(bias):
+    w1, b1 = _f(16, 3, 3, 3), _f(16)
+    w1[::2], b1[::2] = 0, 0.5
+    inits = {"w1": w1, "b1": b1, "fw": _f(256, 10)}
+    if bias:
+        inits["fb"] = np.array([0.1], np.float32) if bias == "scalar" else _f(10)
+    nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c1"], ["r1"]), helper.make_node("Flatten", ["r1"], ["flat"]),
+             helper.make_node("Gemm", ["flat", "fw"] + (["fb"] if bias else []), ["y"], name="fc", beta=2.0)]
+    m = _model(nodes, [_vi("x", [1, 3, 4, 4])], [_vi("y", [1, 10])], inits)
+    res = Prune({"ratio": 0.5}).run(m, Context(samples=_samples(m)))
+    onnx.checker.check_model(res.model, full_check=True)
+    assert _w(res.model, "fc").shape == (128, 10) and _w(res.model, "fc", 2).shape == (10,)
+    assert _max_diff(m, res.model, _feeds(m)) < 1e-4
+
+
+def test_activation_importance_removes_constant_channels_with_big_weights():
+    """Channels 0..7 only read input channel 2, which the samples hold constant: big filters, zero variance."""
+    w1 = _f(16, 3, 1, 1)
+    w1[:8] = 0
+    w1[:8, 2] = 5.0
+    inits = {"w1": w1, "w2": _f(8, 16, 1, 1)}
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["c1"], name="conv1"),
+             helper.make_node("Relu", ["c1"], ["r1"]),
+             helper.make_node("Conv", ["r1", "w2"], ["y"], name="conv2")]
+    m = _model(nodes, [_vi("x", [2, 3, 4, 4])], [_vi("y", [2, 8, 4, 4])], inits)
+    samples = _samples(m, const_channel=2)
+    by_l1 = Prune({"ratio": 0.5, "min_channels": 1}).run(m, Context(samples=samples))
+    np.testing.assert_array_equal(_w(by_l1.model, "conv1"), w1[:8])  # L1 keeps the big constant filters
+    res = Prune({"ratio": 0.5, "min_channels": 1, "importance": "activation"}).run(m, Context(samples=samples))
+    np.testing.assert_array_equal(_w(res.model, "conv1"), w1[8:])
+    assert any("importance: activation" in n for n in res.notes)
+    assert _max_diff(m, res.model, samples.feeds) < 1e-4
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # config and sparsify
 # ---------------------------------------------------------------------------------------------------------------
 
@@ -386,6 +499,7 @@ def test_prunable_layers_on_the_cnn():
 @pytest.mark.parametrize("options,match", [
     ({"ratio": 1.5}, "ratio"), ({"ratio": -0.1}, "ratio"), ({"importance": "l3"}, "importance"),
     ({"min_channels": 0}, "min_channels"), ({"layers": {"conv1": 1.0}}, "layers"), ({"multiple_of": 0}, "multiple_of"),
+    ({"max_samples": 0}, "max_samples"), ({"skip": "conv1"}, "skip"),
 ])
 def test_config_validation(options, match):
     with pytest.raises(RecipeError, match=match):

@@ -181,7 +181,7 @@ class Pass:
 
 _REGISTRY: dict[str, type[Pass]] = {}
 # Pass modules are imported on first lookup, so `import optkit` stays light.
-_MODULES = ("simplify", "fuse", "fp16", "quantize", "lowrank")
+_MODULES = ("simplify", "fuse", "fp16", "quantize", "lowrank", "prune")
 
 
 def register_pass(cls: type[Pass]) -> type[Pass]:

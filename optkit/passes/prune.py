@@ -21,6 +21,12 @@ Anything the tracer cannot follow safely (a residual Add of two activations, Con
 output, a Reshape that mixes channels with other dims, LayerNorm/Softmax over the channels, subgraphs, ...)
 leaves that layer unpruned, and the notes say why. Attention-head pruning is not implemented.
 
+With real samples (``--data``; synthetic ones are not used) two things use measured activations:
+bias compensation (on by default) adds the mean contribution of every removed channel to the bias of the layer
+that read it, so only its variance is lost (on the bundled digits CNN, 20% pruning kept 94% top-1 with it and
+37% without); ``importance: activation`` ranks channels by that lost variance times the weights reading them
+(82% vs 66% at 30%). Without fine-tuning, pruning costs accuracy: tune per-layer ratios with ``layers``.
+
 Layer names are node names (the first output's name for unnamed nodes); :func:`prunable_layers` lists them.
 
 ``sparsify`` zeroes weights (unstructured magnitude or 2:4) without changing shapes: dense CPU kernels gain
@@ -36,7 +42,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from ..errors import PassError
-from ..model import param_count, toposort
+from ..model import EXTERNAL_DATA_THRESHOLD, param_count, tensor_bytes, toposort
 from . import Context, Pass, PassConfig, PassResult, option, register_pass
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -47,13 +53,18 @@ from . import Context, Pass, PassConfig, PassResult, option, register_pass
 @dataclass(frozen=True)
 class PruneConfig(PassConfig):
     ratio: float = option(0.3, "fraction of output channels/features removed per layer (0 = no-op)")
-    importance: str = option("l1", "how a filter/neuron is ranked: L1 or L2 norm of its weights", choices=("l1", "l2"))
+    importance: str = option("l1", "how a filter/neuron is ranked: L1 or L2 norm of its weights, or activation: the "
+                                   "output error of removing it, from its activation variance on --data and the weights "
+                                   "reading it (needs real samples)", choices=("l1", "l2", "activation"))
     scope: str = option("layer", "layer: remove `ratio` of every layer; global: one threshold over all layers' "
                                  "normalized importances (still honouring min_channels)", choices=("layer", "global"))
     min_channels: int = option(8, "never keep fewer channels/features than this in a layer")
     multiple_of: int = option(1, "round kept counts up to a multiple of this (e.g. 8 or 16 for SIMD/tensor cores)")
     skip: list[str] = option([], "layer (node) names never pruned")
     layers: dict[str, float] = option({}, "per-layer ratio overrides by node name (used by the accuracy tuner)")
+    compensate: bool = option(True, "fold the mean activation of each removed channel into the next layer's bias "
+                                    "(measured on real samples from --data; skipped for synthetic samples or none)")
+    max_samples: int = option(16, "sample feeds used to measure those means")
 
     def check(self) -> str | None:
         if not 0.0 <= self.ratio < 1.0:
@@ -62,6 +73,8 @@ class PruneConfig(PassConfig):
             return f"option 'min_channels' must be >= 1, got {self.min_channels}"
         if self.multiple_of < 1:
             return f"option 'multiple_of' must be >= 1, got {self.multiple_of}"
+        if self.max_samples < 1:
+            return f"option 'max_samples' must be >= 1, got {self.max_samples}"
         bad = {k: v for k, v in self.layers.items() if not 0.0 <= v < 1.0}
         if bad:
             return f"option 'layers' needs ratios in [0, 1), got {bad}"
@@ -98,7 +111,8 @@ def layer_name(node: onnx.NodeProto) -> str:
 def _subgraph_refs(graph: onnx.GraphProto, out: set) -> None:
     for n in graph.node:
         for a in n.attribute:
-            subs = [a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs) if a.type == onnx.AttributeProto.GRAPHS else []
+            subs = [a.g] if a.type == onnx.AttributeProto.GRAPH else \
+                list(a.graphs) if a.type == onnx.AttributeProto.GRAPHS else []
             for g in subs:
                 for m in g.node:
                     out.update(m.input)
@@ -223,7 +237,7 @@ class _Plan:
     slices: list = field(default_factory=list)  # (node index, input index, axis in that tensor, block)
     reshapes: list = field(default_factory=list)  # (node index, input index, position, inner)
     groups: list = field(default_factory=list)  # node indices whose `group` becomes the kept count
-    bn: list = field(default_factory=list)  # (node index) BatchNormalization right after the layer
+    terminals: list = field(default_factory=list)  # (node index, input tensor, _Chan): layers reading the channels
 
 
 class _Fail(Exception):
@@ -249,7 +263,9 @@ def _producer_spec(gr: _Graph, i: int):
     if n.op_type in ("Conv", "ConvTranspose"):
         w = gr.const(n.input[1]) if len(n.input) > 1 else None
         if w is None:
-            return "weight is not a constant"
+            return "weight is not a constant" + (" (an initializer that is also a graph input can be replaced at run "
+                                                 "time; re-export without keep_initializers_as_inputs)"
+                                                 if len(n.input) > 1 and n.input[1] in gr.init else "")
         if w.ndim < 3:
             return f"weight rank {w.ndim} is not a conv weight"
         g = int(_attr(n, "group", 1))
@@ -413,7 +429,8 @@ def _trace(gr: _Graph, pi: int, spec) -> _Plan:
                 if op in ("Add", "Sum", "Sub"):
                     raise _Fail(f"output feeds {op} with another activation (residual) at node {nm!r}")
                 raise _Fail(f"output feeds {op} {nm!r} together with another activation")
-            set_out(n, _Chan(c.axis, rank_out, c.block))
+            s_out = gr.shape(n.output[0])
+            set_out(n, _Chan(c.axis, len(s_out) if s_out is not None else rank_out, c.block))
         elif op in _POOLS:
             if hits != [0] or p != 1 or c.block != 1:
                 raise _Fail(f"output feeds {op} {nm} along another axis")
@@ -438,6 +455,7 @@ def _trace(gr: _Graph, pi: int, spec) -> _Plan:
                 if w2.shape[1 if op == "Conv" else 0] != L:
                     raise _Fail(f"{op} {nm} weight does not match the channel count")
                 plan.slices.append((i, 1, 1 if op == "Conv" else 0, 1))
+                plan.terminals.append((i, n.input[0], c))
             elif op == "Conv" and g == L and w2.shape[0] == L and w2.shape[1] == 1:
                 plan.slices.append((i, 1, 0, 1))  # depthwise: its channels are ours
                 if len(n.input) > 2 and n.input[2]:
@@ -456,6 +474,7 @@ def _trace(gr: _Graph, pi: int, spec) -> _Plan:
             if w2.shape[a] != L:
                 raise _Fail(f"Gemm {nm} weight does not match the feature count")
             plan.slices.append((i, 1, a, c.block))
+            plan.terminals.append((i, n.input[0], c))
         elif op == "MatMul":
             w2 = gr.const(n.input[1]) if len(n.input) > 1 else None
             if hits != [0] or c.axis != -1 or w2 is None or w2.ndim != 2:
@@ -463,6 +482,7 @@ def _trace(gr: _Graph, pi: int, spec) -> _Plan:
             if w2.shape[0] != L:
                 raise _Fail(f"MatMul {nm} weight does not match the feature count")
             plan.slices.append((i, 1, 0, c.block))
+            plan.terminals.append((i, n.input[0], c))
         elif op in ("Flatten", "Reshape"):
             if hits != [0]:
                 raise _Fail(f"output feeds the shape input of {op} {nm}")
@@ -629,10 +649,10 @@ def _round_keep(n: int, keep: int, cfg: PruneConfig) -> int:
     return min(keep, n)
 
 
-def _global_counts(layers: list[_Layer], ratio: float, cfg: PruneConfig) -> dict[str, int]:
+def _global_counts(layers: list[_Layer], importance: dict, ratio: float, cfg: PruneConfig) -> dict[str, int]:
     scores, floors = [], {}
     for layer in layers:
-        imp = layer.importance_l1 if cfg.importance == "l1" else layer.importance_l2
+        imp = importance[layer.name]
         mean = float(imp.mean())
         norm = imp / mean if mean > 0 else np.zeros_like(imp)
         scores.extend((float(s), layer.name, k) for k, s in enumerate(norm))
@@ -665,9 +685,126 @@ def _unique(name: str, taken: set) -> str:
     return cand
 
 
-def _apply(gr: _Graph, chosen: list[tuple[_Layer, np.ndarray]]) -> onnx.ModelProto:
+def _channel_stats(gr: _Graph, tensors: dict[str, _Chan], samples, max_samples: int, threads: int) -> dict:
+    """(mean, variance) of every channel/feature of ``tensors`` over the sample feeds (other axes pooled)."""
+    from ..backends.ort import OrtSession
+
+    m = onnx.ModelProto()
+    m.CopyFrom(gr.model)
+    have = {o.name for o in m.graph.output}
+    for name in tensors:
+        if name not in have:
+            m.graph.output.append(onnx.ValueInfoProto(name=name))
+    del m.graph.value_info[:]
+    s1: dict[str, np.ndarray] = {}
+    s2: dict[str, np.ndarray] = {}
+    n = 0
+    with OrtSession(m, threads=threads, level="basic") as sess:
+        for feed in samples.feeds[:max_samples]:
+            out = sess.run(feed)
+            for name, c in tensors.items():
+                x = np.moveaxis(np.asarray(out[name], dtype=np.float64), c.axis, -1)
+                x = x.reshape(-1, x.shape[-1])
+                s1[name] = s1.get(name, 0) + x.mean(axis=0)
+                s2[name] = s2.get(name, 0) + (x * x).mean(axis=0)
+            n += 1
+    n = max(n, 1)
+    return {k: (s1[k] / n, np.maximum(s2[k] / n - (s1[k] / n) ** 2, 0.0)) for k in s1}
+
+
+def _activation_importance(gr: _Graph, layer: _Layer, stats: dict) -> np.ndarray | None:
+    """sqrt(sum over consumers of Var(x_c) * ||consumer weights reading x_c||^2): the output error of replacing
+    channel c by its mean (what bias compensation does), to first order."""
+    total = np.zeros(layer.n)
+    for i, tensor, c in layer.plan.terminals:
+        if tensor not in stats:
+            return None
+        var = stats[tensor][1]
+        node = gr.nodes[i]
+        w = gr.const(node.input[1]).astype(np.float64)
+        if node.op_type == "Conv":
+            wn = (w * w).sum(axis=tuple(a for a in range(w.ndim) if a != 1))
+        elif node.op_type == "ConvTranspose":
+            wn = (w * w).sum(axis=tuple(range(1, w.ndim)))
+        elif node.op_type == "Gemm" and int(_attr(node, "transB", 0)):
+            wn = (w * w).sum(axis=0)
+        else:
+            wn = (w * w).sum(axis=1)
+        total += (var * wn).reshape(layer.n, c.block).sum(axis=1)
+    return np.sqrt(total) if layer.plan.terminals else None
+
+
+@dataclass
+class _Comp:
+    edits: dict = field(default_factory=dict)  # (node, input) -> [("add", delta) | ("replace", value)]
+    new_inputs: list = field(default_factory=list)  # (node, input index, value): a bias the node did not have
+    inserts: list = field(default_factory=list)  # (node, value): Add(value) inserted after a MatMul
+    layers: int = 0
+
+
+def _compensation(gr: _Graph, chosen: list[tuple[_Layer, np.ndarray]], means: dict) -> _Comp:
+    """Per consumer of removed channels: the mean contribution those channels made, added to its bias.
+
+    Removing channel c from a layer's input is replacing it by 0; replacing it by its mean instead keeps the
+    first moment of every output, and that constant folds into the bias."""
+    comp = _Comp()
+    own = {layer.index: keep for layer, keep in chosen}  # a consumer may itself lose output channels
+
+    def own_slice(i: int, v: np.ndarray) -> np.ndarray:
+        return v[..., own[i]] if i in own else v
+
+    for layer, keep in chosen:
+        removed = np.setdiff1d(np.arange(layer.n), keep)
+        for i, tensor, c in layer.plan.terminals:
+            mu = means.get(tensor)
+            if mu is None:
+                continue
+            rem = _expand(removed, c.block)
+            node = gr.nodes[i]
+            w = gr.const(node.input[1]).astype(np.float64)
+            op = node.op_type
+            if op == "Conv":
+                delta = w.sum(axis=tuple(range(2, w.ndim)))[:, rem] @ mu[rem]
+            elif op == "ConvTranspose":
+                strides = _attr(node, "strides") or [1] * (w.ndim - 2)
+                delta = mu[rem] @ w.sum(axis=tuple(range(2, w.ndim)))[rem] / float(np.prod(strides))
+            elif op == "Gemm":
+                wb = w.T if int(_attr(node, "transB", 0)) else w
+                beta = float(_attr(node, "beta", 1.0))
+                if beta == 0:
+                    continue
+                delta = float(_attr(node, "alpha", 1.0)) * (mu[rem] @ wb[rem]) / beta
+            else:  # MatMul
+                delta = mu[rem] @ w[rem]
+            comp.layers += 1
+            n_out = delta.shape[0]
+            if op in ("Conv", "ConvTranspose", "Gemm") and len(node.input) > 2 and node.input[2]:
+                b = gr.const(node.input[2])
+                if b.ndim >= 1 and b.shape[-1] == n_out:
+                    comp.edits.setdefault((i, 2), []).append(("add", delta))
+                else:  # a scalar/row-broadcast Gemm C: write it out whole
+                    comp.edits.setdefault((i, 2), []).append(("replace", own_slice(i, np.asarray(b + delta))))
+            elif op in ("Conv", "ConvTranspose", "Gemm"):
+                comp.new_inputs.append((i, 2, own_slice(i, delta)))
+            else:
+                cons = gr.consumers.get(node.output[0], [])
+                add = gr.nodes[cons[0][0]] if len(cons) == 1 else None
+                j = 1 - cons[0][1] if add is not None else None
+                is_add = add is not None and add.op_type == "Add" and node.output[0] not in gr.outputs
+                b = gr.const(add.input[j]) if is_add else None
+                if b is not None and b.ndim >= 1 and b.shape[-1] == n_out:
+                    comp.edits.setdefault((cons[0][0], j), []).append(("add", delta))
+                else:
+                    comp.inserts.append((i, own_slice(i, delta)))
+    return comp
+
+
+def _apply(gr: _Graph, chosen: list[tuple[_Layer, np.ndarray]], comp: _Comp | None = None) -> onnx.ModelProto:
     edits: dict[tuple[int, int], list] = {}
     groups: dict[int, int] = {}
+    comp = comp or _Comp()
+    for key, es in comp.edits.items():  # bias corrections first: they are in the full (unsliced) output space
+        edits.setdefault(key, []).extend((kind, None, v) for kind, v in es)
     for layer, keep in chosen:
         for i, j, axis, block in layer.plan.slices:
             edits.setdefault((i, j), []).append(("slice", axis, _expand(keep, block)))
@@ -680,7 +817,7 @@ def _apply(gr: _Graph, chosen: list[tuple[_Layer, np.ndarray]]) -> onnx.ModelPro
     # each (tensor, edit list) becomes one new value; edits of one tensor are keyed so shared weights stay shared
     by_src: dict[str, dict] = {}
     for (i, j), es in edits.items():
-        key = tuple((e[0], e[1], e[2].tobytes() if isinstance(e[2], np.ndarray) else e[2]) for e in es)
+        key = tuple((e[0], e[1], np.asarray(e[2]).tobytes() if not isinstance(e[2], int) else e[2]) for e in es)
         by_src.setdefault(gr.nodes[i].input[j], {}).setdefault(key, (es, []))[1].append((i, j))
     taken = {t.name for t in g.initializer} | set(gr.producer) | gr.graph_inputs
     replaced = set()
@@ -695,12 +832,16 @@ def _apply(gr: _Graph, chosen: list[tuple[_Layer, np.ndarray]]) -> onnx.ModelPro
             for kind, a, b in es:
                 if kind == "slice":
                     arr = np.take(arr, b, axis=a)
+                elif kind == "add":
+                    arr = arr + b
+                elif kind == "replace":
+                    arr = b
                 else:
                     arr = arr.copy()
                     arr[a] = b
             arr = np.ascontiguousarray(arr)
             name = src if in_place else _unique(src, taken)
-            new_inits.append(numpy_helper.from_array(arr.astype(base.dtype, copy=False), name))
+            new_inits.append(numpy_helper.from_array(np.asarray(arr).astype(base.dtype, copy=False), name))
             for i, j in uses:
                 gr.nodes[i].input[j] = name
         replaced.add(src)  # the old value is dropped below if nothing uses it any more
@@ -708,10 +849,28 @@ def _apply(gr: _Graph, chosen: list[tuple[_Layer, np.ndarray]]) -> onnx.ModelPro
         for a in gr.nodes[i].attribute:
             if a.name == "group":
                 a.i = k
+    dtype_of = lambda i: gr.const(gr.nodes[i].input[1]).dtype  # noqa: E731 - a layer's weight type
+    for i, j, v in comp.new_inputs:
+        name = _unique(f"{layer_name(gr.nodes[i])}.bias", taken)
+        new_inits.append(numpy_helper.from_array(np.ascontiguousarray(v.astype(dtype_of(i))), name))
+        while len(gr.nodes[i].input) < j:
+            gr.nodes[i].input.append("")
+        gr.nodes[i].input.append(name)
+    extra_after: dict[int, onnx.NodeProto] = {}
+    for i, v in comp.inserts:
+        node = gr.nodes[i]
+        out = node.output[0]
+        inner, bias = _unique(f"{out}_uncompensated", taken), _unique(f"{layer_name(node)}.bias", taken)
+        new_inits.append(numpy_helper.from_array(np.ascontiguousarray(v.astype(dtype_of(i))), bias))
+        node.output[0] = inner
+        extra_after[i] = helper.make_node("Add", [inner, bias], [out], name=_unique(f"{layer_name(node)}/bias_add", taken))
     # rebuild the node list (copies first: gr.nodes are references into g.node) and the initializers
-    nodes = [onnx.NodeProto() for _ in gr.nodes]
-    for dst, src in zip(nodes, gr.nodes):
-        dst.CopyFrom(src)
+    nodes = []
+    for i, src in enumerate(gr.nodes):
+        nodes.append(onnx.NodeProto())
+        nodes[-1].CopyFrom(src)
+        if i in extra_after:
+            nodes.append(extra_after[i])
     used = set()
     for n in nodes:
         used.update(n.input)
@@ -760,13 +919,24 @@ class Prune(Pass):
     doc = "Structured pruning: remove low-norm Conv channels and MLP/FFN neurons, shrinking every consumer (not exact)."
     Config = PruneConfig
     exact = False
+    tuning_kind = "layers"
+
+    def layer_candidates(self, model: onnx.ModelProto) -> list[str]:
+        """Layers --tolerance searches over: prunable and not in ``skip``."""
+        return [n for n in prunable_layers(model) if n not in self.config.skip]
 
     def run(self, model: onnx.ModelProto, ctx: Context) -> PassResult:
         cfg: PruneConfig = self.config
+        before = param_count(model)
         if cfg.ratio == 0 and not any(v > 0 for v in cfg.layers.values()):
             return PassResult(model, modified=False, notes=["ratio 0: nothing pruned"],
-                              metrics={"layers": {}, "params_before": param_count(model),
-                                       "params_after": param_count(model)})
+                              metrics={"layers": {}, "params_before": before, "params_after": before})
+        samples = getattr(ctx, "samples", None)
+        real = samples is not None and len(samples) > 0 and not getattr(samples, "synthetic", False)
+        if cfg.importance == "activation" and not real:
+            raise PassError("prune: importance 'activation' needs real sample inputs"
+                            + (" (the samples are synthetic)" if samples is not None and len(samples) else ""),
+                            "pass --data with representative inputs, or use importance l1/l2")
         gr = _Graph(model, getattr(ctx, "shapes", None))
         layers, skipped = _analyze(gr)
         notes: list[str] = []
@@ -775,21 +945,38 @@ class Prune(Pass):
             if name not in by_name and name not in skipped and name not in gr.names:
                 notes.append(f"no node named {name!r} (in skip/layers): ignored")
         active = [layer for layer in layers if layer.name not in cfg.skip]
+
+        stats: dict = {}
+        want_stats = cfg.importance == "activation" or (cfg.compensate and real)
+        tensors = {t: c for layer in active for _i, t, c in layer.plan.terminals}
+        if want_stats and tensors:
+            try:
+                stats = _channel_stats(gr, tensors, samples, cfg.max_samples, ctx.threads)
+            except Exception as e:  # e.g. samples that do not fit the model: prune without statistics
+                if cfg.importance == "activation":
+                    raise PassError(f"prune: measuring activations failed: {type(e).__name__}: "
+                                    f"{str(e).splitlines()[0][:200] if str(e) else ''}", "use importance l1/l2") from e
+                notes.append(f"bias compensation skipped: measuring activations failed ({type(e).__name__})")
+        imp: dict[str, np.ndarray] = {}
+        for layer in active:
+            v = _activation_importance(gr, layer, stats) if cfg.importance == "activation" else None
+            imp[layer.name] = v if v is not None else (layer.importance_l2 if cfg.importance == "l2" else layer.importance_l1)
+
         counts: dict[str, int] = {}
         overridden = [layer for layer in active if layer.name in cfg.layers]
         rest = [layer for layer in active if layer.name not in cfg.layers]
         for layer in overridden:
             counts[layer.name] = _keep_count(layer.n, cfg.layers[layer.name], cfg)
         if cfg.scope == "global" and rest and cfg.ratio > 0:
-            counts.update(_global_counts(rest, cfg.ratio, cfg))
+            counts.update(_global_counts(rest, imp, cfg.ratio, cfg))
         else:
             for layer in rest:
                 counts[layer.name] = _keep_count(layer.n, cfg.ratio, cfg)
+
         chosen, metrics_layers, whole = [], {}, []
         for layer in active:
             k = counts[layer.name]
-            imp = layer.importance_l1 if cfg.importance == "l1" else layer.importance_l2
-            keep = np.sort(np.argsort(-imp, kind="stable")[:k]).astype(np.int64)
+            keep = np.sort(np.argsort(-imp[layer.name], kind="stable")[:k]).astype(np.int64)
             metrics_layers[layer.name] = {"kept": int(k), "total": int(layer.n), "ratio": round(1 - k / layer.n, 4)}
             if k < layer.n:
                 chosen.append((layer, keep))
@@ -806,14 +993,23 @@ class Prune(Pass):
             notes.append(f"skipped {name}: {why}")
         if _looks_like_attention(gr):
             notes.append("attention-head pruning not implemented (attention MatMuls left as they are)")
-        before = param_count(model)
         if not chosen:
             notes.append("nothing pruned")
             return PassResult(model, modified=False, notes=notes,
                               metrics={"layers": metrics_layers, "params_before": before, "params_after": before})
-        out = _apply(gr, chosen)
+
+        comp = None
+        if cfg.compensate and stats:
+            comp = _compensation(gr, chosen, {k: v[0] for k, v in stats.items()})
+            notes.append(f"bias compensation: the mean of each removed channel folded into {comp.layers} consumer "
+                         f"bias(es), measured on {min(len(samples), cfg.max_samples)} feed(s) from {samples.source or 'samples'}")
+        elif cfg.compensate and not real:
+            notes.append("bias compensation skipped: " + ("the samples are synthetic (their activation means would "
+                         "mislead it); pass --data" if samples is not None and len(samples) else "no samples"))
+        out = _apply(gr, chosen, comp)
         try:
-            onnx.shape_inference.infer_shapes(out, strict_mode=True)
+            if tensor_bytes(out) < EXTERNAL_DATA_THRESHOLD:
+                onnx.shape_inference.infer_shapes(out, strict_mode=True)
         except Exception as e:
             try:
                 onnx.shape_inference.infer_shapes(model, strict_mode=True)
@@ -823,10 +1019,12 @@ class Prune(Pass):
                 raise PassError(f"prune produced inconsistent shapes: {str(e).splitlines()[0][:300]}",
                                 "add the layer named in the message to skip, and report the model") from e
         after = param_count(out)
-        notes.append(f"importance: {cfg.importance} norm of each filter/neuron"
-                     + (" (times the following BatchNormalization's scale)" if any(
-                         gr.nodes[i].op_type == "BatchNormalization" for layer, _ in chosen
-                         for i, _j, _a, _b in layer.plan.slices) else "") + f", scope {cfg.scope}")
+        if cfg.importance != "activation":
+            bn = any(gr.nodes[i].op_type == "BatchNormalization" for layer, _ in chosen for i, *_ in layer.plan.slices)
+            notes.append(f"importance: {cfg.importance} norm of each filter/neuron"
+                         + (" times the scale of the BatchNormalization after it" if bn else "") + f", scope {cfg.scope}")
+        else:
+            notes.append(f"importance: activation variance x consumer weight norm on the samples, scope {cfg.scope}")
         notes.append(f"params {before:,} \u2192 {after:,} ({(after - before) / max(before, 1):+.1%})")
         return PassResult(out, modified=True, notes=notes,
                           metrics={"layers": metrics_layers, "params_before": before, "params_after": after})
