@@ -47,7 +47,8 @@ def optimize(model: str | Path, recipe: str | Path | Recipe, *, data: str | Path
              shapes: dict | None = None, output: str | Path = "optkit-out", threads: int = 1,
              version: int | None = None, name: str | None = None, progress: Progress | None = None,
              warn=None, on_pass=None, tolerance: str | None = None, metric: str = "auto", budget: str | None = None,
-             max_trials: int = 24, allow_miss: bool = False, force: bool = False) -> dict:
+             max_trials: int = 24, allow_miss: bool = False, force: bool = False,
+             eval_data: str | Path | None = None, eval_feeds: int = 512) -> dict:
     """Run ``recipe`` on an ONNX model and write ``output/<name>/<version>/`` (model.onnx, compiled/, manifest.json).
 
     Returns the manifest (with ``artifact`` = the version directory). Validation happens before anything is
@@ -58,6 +59,9 @@ def optimize(model: str | Path, recipe: str | Path | Recipe, *, data: str | Path
     candidate is still saved and ToleranceMiss is raised unless ``allow_miss``. The performance guard (on unless
     ``force``) reverts a lossy pass that made the model slower and, at the end, keeps the input model if the result
     is slower than it.
+
+    ``eval_data`` (same forms as ``data``): the feeds the numerics checks and the tolerance are judged on (up to
+    ``eval_feeds``). Without it they are judged on ``data``, the calibration feeds, which flatters the result.
     """
     warn = warn or (lambda msg: None)
     rec = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
@@ -72,22 +76,26 @@ def optimize(model: str | Path, recipe: str | Path | Recipe, *, data: str | Path
     static_shapes = resolve_shapes(inputs, samples.shapes())
     for w in samples.warnings:
         warn(w)
+    evals = get_samples(m, eval_data, shapes) if eval_data else samples
+    if tolerance is not None and eval_data is None and not samples.synthetic:
+        warn("--tolerance is judged on the calibration data (--data); pass --eval-data with held-out feeds for an "
+             "honest judgment")
     ctx = Context(samples=samples, shapes=dict(shapes or {}), threads=threads, cpu=cpu_features(),
                   progress=progress or Progress(), warn=warn)
-    tuning = _tuning(m, rec, samples, threads, tolerance, metric, budget, max_trials, force, warn)
+    tuning = _tuning(m, rec, evals, threads, tolerance, metric, budget, max_trials, force, warn)
     out_root = Path(output)
     started = time.perf_counter()
     with staged_version(out_root, name or _model_name(src), version) as staged:
-        result = Pipeline(passes, ctx, tuning=tuning).run(m, on_pass=on_pass)
+        result = Pipeline(passes, ctx, tuning=tuning, eval_samples=evals, max_check_feeds=eval_feeds).run(m, on_pass=on_pass)
         candidates = None
         if rec.candidates:
-            result, candidates = _pick_candidate(result, rec.build_candidates(), ctx, tuning, m, on_pass)
+            result, candidates = _pick_candidate(result, rec.build_candidates(), ctx, tuning, m, on_pass, evals, eval_feeds)
         out_model = staged.stage / "model.onnx"
         save_model(result.model, out_model)
         t0 = time.perf_counter()
         compiled = backend.compile(out_model, staged.stage / "compiled", backend_opts, threads)
         compiled["seconds"] = round(time.perf_counter() - t0, 3)
-        accuracy = _accuracy(result, samples)
+        accuracy = _accuracy(result, evals)
         manifest = {
             "schema": MANIFEST_SCHEMA,
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -98,14 +106,18 @@ def optimize(model: str | Path, recipe: str | Path | Recipe, *, data: str | Path
             "shapes": {k: list(v) for k, v in static_shapes.items()},
             "user_shapes": {k: list(v) for k, v in (shapes or {}).items()},
             "data": {"source": samples.source, "synthetic": samples.synthetic, "feeds": len(samples),
-                     "labels": samples.labels is not None, "path": str(Path(data).resolve()) if data else None},
+                     "labels": samples.labels is not None, "path": str(Path(data).resolve()) if data else None,
+                     "eval": {"source": evals.source, "feeds": min(len(evals), eval_feeds), "labels": evals.labels is not None,
+                              "path": str(Path(eval_data).resolve()) if eval_data else None}},
             "pass_log": result.log,
             "accuracy": accuracy,
             "backend": compiled,
             "threads": threads,
             "optimize_seconds": round(time.perf_counter() - started, 3),
             "tolerance": ({"criterion": tuning.criterion.describe(), "metric": tuning.criterion.metric,
-                           "passed": not result.missed, "missed_by": result.missed, "trials": tuning.trials_run}
+                           "passed": not result.missed, "missed_by": result.missed,
+                           "judged_on": evals.source + (" (calibration data)" if evals is samples else ""),
+                           "trials": tuning.trials_run + sum(c.get("trials", 0) for c in candidates or [])}
                           if tuning.criterion else None),
             "guard": {"enabled": tuning.guard and tuning.probe is not None, "final": result.final_guard},
             "candidates": candidates,
@@ -121,7 +133,7 @@ def optimize(model: str | Path, recipe: str | Path | Recipe, *, data: str | Path
     return manifest
 
 
-def _pick_candidate(prefix, candidates, ctx, tuning, original, on_pass):
+def _pick_candidate(prefix, candidates, ctx, tuning, original, on_pass, evals, eval_feeds):
     """Run every candidate's passes on the prefix result; keep the fastest that meets the tolerance."""
     import dataclasses
 
@@ -131,7 +143,7 @@ def _pick_candidate(prefix, candidates, ctx, tuning, original, on_pass):
             rows.append({"candidate": cname, "skipped": "time budget spent"})
             continue
         own = dataclasses.replace(tuning, trials_run=0)  # each candidate gets the full trial budget
-        sub = Pipeline(cpasses, ctx, tuning=own).run(prefix.model)
+        sub = Pipeline(cpasses, ctx, tuning=own, eval_samples=evals, max_check_feeds=eval_feeds).run(prefix.model)
         speed = tuning.probe.speedup(original, sub.model) if tuning.probe is not None else None
         acc = sub.log[-1].get("vs_input", {}) if sub.log else {}
         row = {"candidate": cname, "passes": [p.name for p in cpasses], "passed": not sub.missed, "missed_by": sub.missed,

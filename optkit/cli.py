@@ -125,6 +125,7 @@ def optimize(
     model: Path = typer.Argument(..., help="ONNX model file"),
     recipe: str = typer.Option(..., "--recipe", "-r", help="built-in recipe name (see `optkit recipes`) or a YAML file"),
     data: Optional[Path] = typer.Option(None, "--data", help=".npz file, stacked .npz, or directory of .npz feeds (+ optional 'labels')"),
+    eval_data: Optional[Path] = typer.Option(None, "--eval-data", help="held-out feeds for the numerics checks and --tolerance (default: --data)"),
     shape: Optional[List[str]] = ShapeOpt,
     output: Path = typer.Option(Path("optkit-out"), "--output", "-o", help="artifacts go to OUTPUT/<model-name>/<version>/"),
     threads: int = typer.Option(1, "--threads", help="intra-op threads for checks and compilation"),
@@ -155,7 +156,7 @@ def optimize(
 
     man = run(model, recipe, data=data, shapes=shapes, output=output, threads=threads, version=version, name=name,
               progress=progress, warn=_warn, on_pass=on_pass, tolerance=tolerance, metric=metric, budget=budget,
-              max_trials=max_trials, allow_miss=allow_miss, force=force)
+              max_trials=max_trials, allow_miss=allow_miss, force=force, eval_data=eval_data)
     if fmt == "json":
         _print_json(man)
         return
@@ -182,7 +183,15 @@ def optimize(
     tol = man.get("tolerance")
     if tol:
         out.print(f"tolerance {tol['criterion']}: {'[green]met[/]' if tol['passed'] else '[red]MISSED[/] by ' + ', '.join(tol['missed_by'])}"
-                  f" ({tol['trials']} trials)", markup=True, highlight=False)
+                  f" ({tol['trials']} trials, judged on {escape(tol['judged_on'])})", markup=True, highlight=False)
+    for c in man.get("candidates") or []:
+        if "skipped" in c:
+            out.print(f"  candidate {c['candidate']}: skipped ({c['skipped']})", highlight=False)
+            continue
+        speed = f"{c['speedup_vs_input']:.2f}x" if c["speedup_vs_input"] is not None else "-"
+        out.print(f"  candidate {c['candidate']}: {speed} vs input, {'within' if c['passed'] else 'MISSES'} tolerance"
+                  + (f", guard reverted {', '.join(c['reverted'])}" if c["reverted"] else "") + (" ← chosen" if c["chosen"] else ""),
+                  highlight=False)
     final = (man.get("guard") or {}).get("final")
     if final:
         out.print(f"performance guard: optimized model {final['speedup_vs_input']:.2f}x vs input"

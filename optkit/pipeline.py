@@ -36,14 +36,16 @@ def run_model(model: onnx.ModelProto, feeds: list[dict], threads: int = 1) -> li
 class Pipeline:
     """``Pipeline(passes, ctx).run(model)``: passes run in order; each gets a pass-log entry."""
 
-    def __init__(self, passes: list[Pass], ctx: Context, max_check_feeds: int = 64, tuning=None):
+    def __init__(self, passes: list[Pass], ctx: Context, max_check_feeds: int = 64, tuning=None, eval_samples=None):
         self.passes = passes
         self.ctx = ctx
         self.max_check_feeds = max_check_feeds
         self.tuning = tuning  # optkit.tune.Tuning: tolerance search and performance guard (None = neither)
+        # feeds for the numerics checks and tolerance judgments; default: the calibration samples (ctx.samples)
+        self.eval_samples = eval_samples
 
     def run(self, model: onnx.ModelProto, on_pass=None) -> PipelineResult:
-        samples = self.ctx.samples
+        samples = self.eval_samples if self.eval_samples is not None else self.ctx.samples
         feeds = samples.feeds[: self.max_check_feeds] if samples is not None else []
         labels = samples.labels[: self.max_check_feeds] if samples is not None and samples.labels else None
         ref_out = run_model(model, feeds, self.ctx.threads) if feeds else []
