@@ -228,8 +228,14 @@ def quant_variants(p) -> list:
 def _trial(p_cls, cfg, model, ctx, ref_out, feeds, labels, tuning: Tuning, label: dict, before: onnx.ModelProto) -> tuple:
     from .pipeline import run_model
 
+    from .errors import PassError
+
     t0 = time.perf_counter()
-    res = p_cls(cfg).run(model, ctx)
+    try:
+        res = p_cls(cfg).run(model, ctx)
+    except PassError as e:  # one failing configuration (e.g. an ORT calibrator bug) costs one trial, not the search
+        tuning.trials_run += 1
+        return None, None, {**label, "ok": False, "error": e.what, "seconds": round(time.perf_counter() - t0, 3)}
     out = run_model(res.model, feeds, ctx.threads)
     judged = tuning.criterion.judge(ref_out, out, labels)
     rec = {**label, "metric": judged["metric"], "value": judged["value"], "threshold": judged["threshold"],
@@ -241,6 +247,8 @@ def _trial(p_cls, cfg, model, ctx, ref_out, feeds, labels, tuning: Tuning, label
 
 
 def tune_quantization(p, model, ctx, ref_out, feeds, labels, tuning: Tuning) -> Outcome:
+    from .errors import PassError
+
     p_cls = type(p)
     model = ensure_node_names(model)
     trials, passing, best_fail = [], [], None
@@ -249,6 +257,8 @@ def tune_quantization(p, model, ctx, ref_out, feeds, labels, tuning: Tuning) -> 
             break
         res, judged, rec = _trial(p_cls, cfg, model, ctx, ref_out, feeds, labels, tuning, {"config": _diff(cfg, p.config)}, model)
         trials.append(rec)
+        if judged is None:
+            continue
         if judged["ok"]:
             passing.append((rec.get("speedup_vs_before", 0.0), res, judged, rec))
         elif best_fail is None or _better(judged, best_fail[1]):
@@ -263,6 +273,9 @@ def tune_quantization(p, model, ctx, ref_out, feeds, labels, tuning: Tuning) -> 
             res_k, judged_k, rec = _trial(p_cls, cfg_k, model, ctx, ref_out, feeds, labels, tuning,
                                           {"config": _diff(cfg, p.config), "fallback_float": excluded}, model)
             trials.append(rec)
+            if judged_k is None:
+                k = k + 1 if k < 4 else k * 2
+                continue
             if judged_k["ok"]:
                 passing.append((rec.get("speedup_vs_before", 0.0), res_k, judged_k, rec))
                 break
@@ -277,8 +290,11 @@ def tune_quantization(p, model, ctx, ref_out, feeds, labels, tuning: Tuning) -> 
         if "fallback_float" in rec:
             res.notes.append(f"kept in float (most error-sensitive): {', '.join(rec['fallback_float'])}")
         return Outcome(res, trials, judged, True, rec.get("speedup_vs_before"))
+    if best_fail is None:
+        raise PassError(f"{p.name}: every configuration failed: " + "; ".join(r["error"] for r in trials if "error" in r)[:600],
+                        "exclude the failing node or report the model")
     cfg, judged, res = best_fail
-    next(r for r in trials if r["value"] == judged["value"])["chosen"] = True
+    next(r for r in trials if r.get("value") == judged["value"])["chosen"] = True
     res.notes.append(f"tolerance MISSED: {tuning.criterion.describe()}: best {judged['metric']} {judged['value']:.5g} "
                      f"(threshold {judged['threshold']:.5g}) after {len(trials)} trials")
     return Outcome(res, trials, judged, False)
@@ -295,6 +311,10 @@ def tune_layers(p, layers: list[str], model, ctx, ref_out, feeds, labels, tuning
     trials = []
     res, judged, rec = _trial(p_cls, base, model, ctx, ref_out, feeds, labels, tuning, {"layers": "all"}, model)
     trials.append(rec)
+    if judged is None:
+        from .errors import PassError
+
+        raise PassError(f"{p.name}: {rec['error']}", "fix the pass options or drop the pass")
     if judged["ok"] or not layers:
         rec["chosen"] = True
         res.notes.append(f"tolerance: {tuning.criterion.describe()}: {judged['metric']} {judged['value']:.5g} with every layer compressed")
@@ -306,7 +326,8 @@ def tune_layers(p, layers: list[str], model, ctx, ref_out, feeds, labels, tuning
         cfg = dataclasses.replace(base, skip=list(base.skip) + [n for n in layers if n != name])
         r, j, rec = _trial(p_cls, cfg, model, ctx, ref_out, feeds, labels, tuning, {"layers": [name], "probe": "sensitivity"}, model)
         trials.append(rec)
-        sens.append((name, j["value"] if j["metric"] != "max_abs" else -j["value"]))
+        if j is not None:
+            sens.append((name, j["value"] if j["metric"] != "max_abs" else -j["value"]))
     order = [n for n, _ in sorted(sens, key=lambda kv: -kv[1])]  # most tolerant first
     lo, hi, best = 0, len(order), None
     while lo < hi and not tuning.exhausted():
@@ -315,7 +336,7 @@ def tune_layers(p, layers: list[str], model, ctx, ref_out, feeds, labels, tuning
         cfg = dataclasses.replace(base, skip=list(base.skip) + [n for n in layers if n not in keep])
         r, j, rec = _trial(p_cls, cfg, model, ctx, ref_out, feeds, labels, tuning, {"layers": keep}, model)
         trials.append(rec)
-        if j["ok"]:
+        if j is not None and j["ok"]:
             lo, best = mid, (r, j, rec)
         else:
             hi = mid - 1

@@ -178,3 +178,24 @@ def test_candidate_recipe_without_tolerance_uses_one_percent(tmp_path):
     man = optkit.optimize(model, recipe, data=data, output=tmp_path / "out", warn=warnings.append, force=True)
     assert any("--tolerance 1%" in w for w in warnings)
     assert man["tolerance"]["criterion"] == "cosine within 0.01 relative"
+
+
+def test_a_failing_configuration_costs_one_trial(tmp_path, monkeypatch):
+    """An ORT calibrator bug in one configuration (seen: entropy on an encoder) must not end the search."""
+    from optkit.errors import PassError
+    from optkit.passes import quantize
+
+    real = quantize.Int8Static.run
+
+    def flaky(self, model, ctx):
+        if self.config.calibration == "minmax":
+            raise PassError("int8-static: onnxruntime.quantization failed: ValueError: Too many bins", "x")
+        return real(self, model, ctx)
+
+    monkeypatch.setattr(quantize.Int8Static, "run", flaky)
+    model = slow_int8_cnn(tmp_path / "c.onnx")
+    data = _data(tmp_path / "d.npz", "x", (1, 3, 32, 32), n=4)
+    man = optkit.optimize(model, STATIC, data=data, output=tmp_path / "out", tolerance="5%", force=True)
+    trials = man["pass_log"][0]["trials"]
+    assert "Too many bins" in trials[0]["error"] and not trials[0]["ok"]
+    assert any(t.get("chosen") and t["config"].get("calibration") != "minmax" for t in trials)
