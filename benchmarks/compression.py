@@ -28,7 +28,7 @@ from optkit.recipe import parse_recipe
 from .int8_vs_fp32 import RESULTS, measure, plain_dynamic, plain_static
 
 RECIPES = ("int8-ort", "int8-dynamic-ort", "prune-int8-ort", "lowrank-int8-ort", "auto-ort")
-PRUNE30 = {"passes": [{"fuse": {"model_type": "none"}}, "simplify", {"prune": {"ratio": 0.3}}]}
+PRUNE30 = {"passes": [{"fuse": {"model_type": "none"}}, {"prune": {"ratio": 0.3}}, "simplify"]}
 
 
 def _variants(src: Path, data: Path, work: Path, tag: str, tolerance: str, eval_data: Path | None = None) -> tuple[dict, dict]:

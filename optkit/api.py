@@ -171,9 +171,14 @@ def _pick_candidate(prefix, candidates, ctx, tuning, original, on_pass, evals, e
 def _tuning(model, rec: Recipe, samples, threads: int, tolerance, metric: str, budget, max_trials: int, force: bool, warn):
     from .tune import SpeedProbe, Tuning, make_criterion, parse_budget
 
-    if rec.candidates and tolerance is None:
+    layered = [p.name for p in rec.build_passes() if p.tuning_kind == "layers"]
+    if tolerance is None and rec.candidates:
         tolerance = "1%"
         warn(f"recipe {rec.name!r} picks among candidates within a tolerance and none was given: using --tolerance 1%")
+    elif tolerance is None and layered and not force:
+        tolerance = "1%"
+        warn(f"{', '.join(layered)} run behind the accuracy gate and no --tolerance was given: using 1% "
+             "(--force applies the recipe's ratios/ranks as written)")
     crit = None
     if tolerance is not None:
         _, outputs = signature(model)

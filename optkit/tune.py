@@ -215,7 +215,8 @@ def quant_variants(p) -> list:
         out += [dataclasses.replace(base, calibration="entropy"),
                 dataclasses.replace(base, calibration="percentile", percentile=99.999),
                 dataclasses.replace(base, calibration="percentile", percentile=99.99),
-                dataclasses.replace(base, per_channel=not base.per_channel)]
+                dataclasses.replace(base, per_channel=not base.per_channel),
+                dataclasses.replace(base, format="qoperator" if base.format == "qdq" else "qdq")]
     elif p.name == "int8-dynamic":
         out += [dataclasses.replace(base, per_channel=not base.per_channel)]
     uniq = []

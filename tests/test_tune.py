@@ -199,3 +199,15 @@ def test_a_failing_configuration_costs_one_trial(tmp_path, monkeypatch):
     trials = man["pass_log"][0]["trials"]
     assert "Too many bins" in trials[0]["error"] and not trials[0]["ok"]
     assert any(t.get("chosen") and t["config"].get("calibration") != "minmax" for t in trials)
+
+
+def test_layer_passes_are_gated_at_one_percent_by_default(tmp_path):
+    model = sensitive_mlp(tmp_path / "s.onnx")
+    data = _data(tmp_path / "d.npz", "x", (1, 64))
+    recipe = parse_recipe({"passes": [{"lowrank": {"keep_flops": 0.3, "min_size": 0}}]}, "test", "lr")
+    warnings = []
+    man = optkit.optimize(model, recipe, data=data, output=tmp_path / "out", warn=warnings.append, allow_miss=True)
+    assert any("accuracy gate" in w and "1%" in w for w in warnings)
+    assert man["tolerance"]["criterion"] == "cosine within 0.01 relative"
+    forced = optkit.optimize(model, recipe, data=data, output=tmp_path / "out", force=True)
+    assert forced["tolerance"] is None
