@@ -128,6 +128,9 @@ def main(argv=None) -> Path:
         if a.only in (None, "encoder"):
             results.append(bench_encoder(work, a.rounds, a.round_time, a.tolerance))
     out = RESULTS / f"compression-{dt.date.today().isoformat()}.json"
+    if a.only and out.exists():  # a partial run replaces its model's rows in today's file
+        kept = [r for r in json.loads(out.read_text())["results"] if not r["model"].lower().startswith(a.only[:3])]
+        results = sorted(kept + results, key=lambda r: not r["model"].startswith("digits"))
     out.write_text(json.dumps({"benchmark": "compression", "tolerance": a.tolerance, "threads": 1, "rounds": a.rounds,
                                "results": results, "environment": environment()}, indent=2, default=str))
     md = markdown(results, a.tolerance)

@@ -1,6 +1,7 @@
 """Run a recipe's passes in order; after each one, compare the new model with the one before on the samples."""
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 
@@ -119,6 +120,15 @@ class Pipeline:
         if p.tuning_kind == "quantization":
             return tune.tune_quantization(p, model, self.ctx, ref_out, feeds, labels, t)
         if p.tuning_kind == "layers":
+            later_lossy = [q.name for q in self.passes[self.passes.index(p) + 1:] if not q.exact]
+            if later_lossy:
+                # leave half of the tolerance to the lossy passes after this one (e.g. INT8 after pruning): pruning
+                # to the full 1% left static INT8 nothing on the encoder, and the pipeline missed the tolerance
+                t = dataclasses.replace(t, criterion=dataclasses.replace(t.criterion, tolerance=t.criterion.tolerance / 2))
+                out = tune.tune_layers(p, p.layer_candidates(model), model, self.ctx, ref_out, feeds, labels, t)
+                out.result.notes.append(f"searched within half the tolerance, leaving the rest to {', '.join(later_lossy)}")
+                self.tuning.trials_run = t.trials_run  # the copy counted the trials
+                return out
             return tune.tune_layers(p, p.layer_candidates(model), model, self.ctx, ref_out, feeds, labels, t)
         return None
 

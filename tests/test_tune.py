@@ -211,3 +211,13 @@ def test_layer_passes_are_gated_at_one_percent_by_default(tmp_path):
     assert man["tolerance"]["criterion"] == "cosine within 0.01 relative"
     forced = optkit.optimize(model, recipe, data=data, output=tmp_path / "out", force=True)
     assert forced["tolerance"] is None
+
+
+def test_layer_search_leaves_half_the_tolerance_to_later_lossy_passes(tmp_path):
+    model = sensitive_mlp(tmp_path / "s.onnx")
+    data = _data(tmp_path / "d.npz", "x", (1, 64))
+    recipe = parse_recipe({"passes": [{"lowrank": {"keep_flops": 0.3, "min_size": 0}}, "int8-dynamic"]}, "test", "lr")
+    man = optkit.optimize(model, recipe, data=data, output=tmp_path / "out", tolerance="2%", force=True, allow_miss=True)
+    lr = man["pass_log"][0]
+    assert any("half the tolerance" in n and "int8-dynamic" in n for n in lr["notes"])
+    assert all(t["threshold"] == pytest.approx(0.99) for t in lr["trials"] if "threshold" in t)
