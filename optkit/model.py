@@ -305,3 +305,16 @@ def toposort(model: onnx.ModelProto) -> onnx.ModelProto:
     del g.node[:]
     g.node.extend(nodes)
     return model
+
+
+def node_attr(node: onnx.NodeProto, name: str, default=None):
+    """The value of a node attribute, or ``default``."""
+    for a in node.attribute:
+        if a.name == name:
+            return onnx.helper.get_attribute_value(a)
+    return default
+
+
+def layer_name(node: onnx.NodeProto) -> str:
+    """How passes and recipes name a layer: the node name, else its first output."""
+    return node.name or (node.output[0] if node.output else node.op_type)

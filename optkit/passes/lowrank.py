@@ -21,6 +21,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from ..model import layer_name, node_attr as _attr
 from . import Context, Pass, PassConfig, PassResult, option, register_pass
 
 _FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16)
@@ -76,17 +77,6 @@ class _Layer:
     def max_useful_rank(self) -> int:
         """Largest r with r*(k+n) < k*n (0 when no rank saves anything)."""
         return max(0, (self.k * self.n - 1) // (self.k + self.n))
-
-
-def layer_name(node: onnx.NodeProto) -> str:
-    return node.name or node.output[0]
-
-
-def _attr(node: onnx.NodeProto, name: str, default=None):
-    for a in node.attribute:
-        if a.name == name:
-            return helper.get_attribute_value(a)
-    return default
 
 
 def _opset(model: onnx.ModelProto) -> int:

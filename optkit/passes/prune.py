@@ -42,7 +42,8 @@ import onnx
 from onnx import helper, numpy_helper
 
 from ..errors import PassError
-from ..model import EXTERNAL_DATA_THRESHOLD, param_count, tensor_bytes, toposort
+from ..model import EXTERNAL_DATA_THRESHOLD, layer_name, param_count, tensor_bytes, toposort
+from ..model import node_attr as _attr
 from . import Context, Pass, PassConfig, PassResult, option, register_pass
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -95,17 +96,6 @@ _BINARY = {"Add", "Sub", "Mul", "Div", "Pow", "PRelu", "Max", "Min", "Sum", "Mea
 _POOLS = {"MaxPool", "AveragePool", "LpPool", "GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool"}
 _REDUCE = {"ReduceMean", "ReduceMax", "ReduceMin", "ReduceSum", "ReduceL1", "ReduceL2", "ReduceSumSquare",
            "ReduceProd", "ReduceLogSumExp", "ReduceLogSum"}
-
-
-def _attr(node: onnx.NodeProto, name: str, default=None):
-    for a in node.attribute:
-        if a.name == name:
-            return helper.get_attribute_value(a)
-    return default
-
-
-def layer_name(node: onnx.NodeProto) -> str:
-    return node.name or (node.output[0] if node.output else node.op_type)
 
 
 def _subgraph_refs(graph: onnx.GraphProto, out: set) -> None:
