@@ -202,23 +202,22 @@ def _subgraph_inputs(model: onnx.ModelProto) -> set[str]:
     """Names read inside If/Loop/Scan bodies (initializers used there must not be removed)."""
     used: set[str] = set()
 
+    def subgraphs(node):
+        for a in node.attribute:
+            if a.type == onnx.AttributeProto.GRAPH:
+                yield a.g
+            elif a.type == onnx.AttributeProto.GRAPHS:
+                yield from a.graphs
+
     def walk(graph):
         for n in graph.node:
             used.update(n.input)
-            for a in n.attribute:
-                if a.type == onnx.AttributeProto.GRAPH:
-                    walk(a.g)
-                elif a.type == onnx.AttributeProto.GRAPHS:
-                    for g in a.graphs:
-                        walk(g)
+            for g in subgraphs(n):
+                walk(g)
 
     for n in model.graph.node:
-        for a in n.attribute:
-            if a.type == onnx.AttributeProto.GRAPH:
-                walk(a.g)
-            elif a.type == onnx.AttributeProto.GRAPHS:
-                for g in a.graphs:
-                    walk(g)
+        for g in subgraphs(n):
+            walk(g)
     return used
 
 
