@@ -17,7 +17,7 @@ from .hw import cpu_features
 from .metrics import top1
 from .model import load_model, model_info, save_model, sha256_file, signature
 from .passes import Context, Progress
-from .pipeline import Pipeline, PipelineResult
+from .pipeline import Pipeline, PipelineResult, without_outputs
 from .recipe import Recipe, load_recipe
 
 
@@ -82,7 +82,7 @@ def optimize(model: str | Path, recipe: str | Path | Recipe, *, data: str | Path
              "honest judgment")
     ctx = Context(samples=samples, shapes=dict(shapes or {}), threads=threads, cpu=cpu_features(),
                   progress=progress or Progress(), warn=warn)
-    tuning = _tuning(m, rec, evals, threads, tolerance, metric, budget, max_trials, force, warn)
+    tuning = _tuning(m, rec, passes, evals, threads, tolerance, metric, budget, max_trials, force, warn)
     out_root = Path(output)
     started = time.perf_counter()
     with staged_version(out_root, name or _model_name(src), version) as staged:
@@ -168,10 +168,11 @@ def _pick_candidate(prefix, candidates, ctx, tuning, original, on_pass, evals, e
     return result, rows
 
 
-def _tuning(model, rec: Recipe, samples, threads: int, tolerance, metric: str, budget, max_trials: int, force: bool, warn):
+def _tuning(model, rec: Recipe, passes, samples, threads: int, tolerance, metric: str, budget, max_trials: int, force: bool,
+            warn):
     from .tune import SpeedProbe, Tuning, make_criterion, parse_budget
 
-    layered = [p.name for p in rec.build_passes() if p.tuning_kind == "layers"]
+    layered = [p.name for p in passes if p.tuning_kind == "layers"]
     if tolerance is None and rec.candidates:
         tolerance = "1%"
         warn(f"recipe {rec.name!r} picks among candidates within a tolerance and none was given: using --tolerance 1%")
@@ -204,8 +205,7 @@ def _accuracy(result, samples) -> dict:
 
     n = len(result.reference_outputs)
     labels = samples.labels[:n] if samples.labels else None
-    acc = {"feeds": n, "synthetic": samples.synthetic, "vs_input": {
-        k: v for k, v in compare(result.reference_outputs, result.outputs).items() if k != "outputs"}}
+    acc = {"feeds": n, "synthetic": samples.synthetic, "vs_input": without_outputs(compare(result.reference_outputs, result.outputs))}
     t_in, t_out = top1(result.reference_outputs, labels), top1(result.outputs, labels)
     if t_in is not None:
         acc.update({"top1_input": t_in, "top1_output": t_out, "top1_delta": t_out - t_in})

@@ -134,7 +134,7 @@ def bench(target: str | Path, *, backend: str = "ort", reference: str | Path | N
         "backend": backend, "threads": threads, "inter_op_threads": 1, "batch": feed_batch,
         "protocol": {"rounds": rounds, "round_runs": round_runs, "round_time_s": round_time, "warmup_runs": 10,
                      "warmup_time_s": 0.2, "alternating": len(sessions) > 1},
-        "latency": {role: {k: v for k, v in s.items()} for role, s in timing.items()},
+        "latency": timing,
         "load_ms": load_ms, "cold_run_ms": cold_ms, "accuracy": accuracy,
         "environment": environment(),
     }

@@ -80,12 +80,13 @@ class Pipeline:
                 entry["trials"] = outcome.trials
             if feeds:
                 new_out = run_model(new, feeds, self.ctx.threads)
-                entry["vs_previous"] = _short(compare(prev_out, new_out))
-                entry["vs_input"] = _short(compare(ref_out, new_out))
+                vs_prev = compare(prev_out, new_out)
+                entry["vs_previous"] = without_outputs(vs_prev)
+                entry["vs_input"] = without_outputs(compare(ref_out, new_out))
                 acc = top1(new_out, labels)
                 if acc is not None:
                     entry["top1"] = acc
-                if p.exact and not within(compare(prev_out, new_out), EXACT_RTOL, EXACT_ATOL, EXACT_MIN_COSINE):
+                if p.exact and not within(vs_prev, EXACT_RTOL, EXACT_ATOL, EXACT_MIN_COSINE):
                     d = entry["vs_previous"]
                     raise PassError(
                         f"pass {p.name!r} should keep numerics but changed them (max-abs {d['max_abs']:.3g}, "
@@ -164,5 +165,5 @@ def _after(done: list[str]) -> str:
     return f" (after: {', '.join(done)})" if done else " (first pass)"
 
 
-def _short(diff: dict) -> dict:
+def without_outputs(diff: dict) -> dict:
     return {k: v for k, v in diff.items() if k != "outputs"}

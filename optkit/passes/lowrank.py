@@ -21,7 +21,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from ..model import layer_name, node_attr as _attr
+from ..model import layer_name, opsets
+from ..model import node_attr as _attr
 from . import Context, Pass, PassConfig, PassResult, option, register_pass
 
 _FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16)
@@ -80,7 +81,7 @@ class _Layer:
 
 
 def _opset(model: onnx.ModelProto) -> int:
-    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
+    return opsets(model).get("ai.onnx", 1)
 
 
 def _candidates(model: onnx.ModelProto) -> list[_Layer]:

@@ -18,7 +18,7 @@ import onnx
 
 from ..errors import PassError
 from ..hw import int8_choice
-from ..model import EXTERNAL_DATA_THRESHOLD, save_model, tensor_bytes
+from ..model import EXTERNAL_DATA_THRESHOLD, opsets, save_model, tensor_bytes
 from . import Context, Pass, PassConfig, PassResult, option, register_pass
 
 _QTYPES = {"int8": "QInt8", "uint8": "QUInt8"}
@@ -29,7 +29,7 @@ def prepare_for_quantization(model: onnx.ModelProto, notes: list[str]) -> onnx.M
     understands com.microsoft fused ops (what quant_pre_process does)."""
     from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
 
-    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 13)
+    opset = opsets(model).get("ai.onnx", 13)
     if opset < 13:
         try:
             model = onnx.version_converter.convert_version(model, 13)
