@@ -13,6 +13,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "optimize": ("optkit.api", "optimize"),
     "inspect": ("optkit.api", "inspect"),
+    "export": ("optkit.api", "export"),
     "bench": ("optkit.measure", "bench"),
     "load_recipe": ("optkit.recipe", "load_recipe"),
     "Recipe": ("optkit.recipe", "Recipe"),

@@ -43,13 +43,92 @@ def inspect(model: str | Path, shapes: dict | None = None) -> dict:
     return info
 
 
-def optimize(model: str | Path, recipe: str | Path | Recipe, *, data: str | Path | None = None,
+def export(model, example_inputs=None, out: str | Path | None = None, *, data=None, shapes: dict | None = None,
+           dtypes: dict | None = None, input_names=None, output_names=None, dynamic=None, opset: int | None = None,
+           exporter: str = "auto", module: str | None = None, signature: str | None = None,
+           parity_tol: tuple[float, float] = (1e-3, 1e-4), warn=None):
+    """Bring a PyTorch/TensorFlow model (object or file) to ONNX, checked against the framework (see
+    ``optkit.importers.import_model``). Returns an ``Imported`` (``.model``, ``.info``); with ``out`` the ONNX file is
+    also written there atomically (``info['path']``). ``parity_tol`` = (rtol, atol)."""
+    from .importers import import_model
+
+    rtol, atol = parity_tol
+    imp = import_model(model, example_inputs=example_inputs, data=data, shapes=shapes, dtypes=dtypes,
+                       input_names=input_names, output_names=output_names, dynamic=dynamic, opset=opset,
+                       exporter=exporter, module=module, signature=signature, rtol=rtol, atol=atol, warn=warn)
+    if out is not None:
+        imp.info["path"] = str(_write_atomic(imp.model, Path(out)))
+    return imp
+
+
+def _write_atomic(model, out: Path) -> Path:
+    """Write next to ``out`` under a temporary name, then rename: an interrupted write leaves no half file."""
+    import os
+    import shutil
+    import tempfile
+
+    from .artifact import check_writable
+
+    if out.suffix.lower() != ".onnx":
+        raise InputError(f"--out {out} should end in .onnx", "name the output file model.onnx or similar")
+    check_writable(out.parent)
+    tmp = Path(tempfile.mkdtemp(prefix=".optkit-import-", dir=out.parent))
+    try:
+        save_model(model, tmp / out.name)
+        for f in sorted(tmp.iterdir(), key=lambda f: f.name == out.name):  # data files first, the .onnx last
+            os.replace(f, out.parent / f.name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def _load_input(model, name, example_inputs, import_options, warn):
+    """(ONNX model, input description for the manifest, import info or None, name) for an ONNX path, a framework
+    file or an in-memory framework model; framework inputs go through the importer and its parity check."""
+    from .importers import detect, is_framework_object
+
+    opts = dict(import_options or {})
+    if isinstance(model, (str, Path)) and detect(Path(model)) == "onnx":
+        if example_inputs is not None or opts:
+            raise InputError(f"{model} is already ONNX: import options ({', '.join(opts) or 'example_inputs'}) do not apply",
+                             "drop them")
+        src = Path(model)
+        return load_model(src), {"path": str(src.resolve()), "sha256": sha256_file(src)}, None, name or _model_name(src)
+    if not isinstance(model, (str, Path)) and not is_framework_object(model):
+        raise InputError(f"optimize takes an ONNX/PyTorch/TensorFlow model or file, not a {type(model).__name__}",
+                         "pass a path or a torch.nn.Module / Keras model")
+    imp = export(model, example_inputs, warn=warn, **opts)
+    if isinstance(model, (str, Path)):
+        src = Path(model)
+        desc = {"source_path": str(src.resolve()), "source_sha256": _source_sha(src)}
+        default_name = _model_name(src)
+    else:
+        desc = {"source_object": imp.info["source"]}
+        default_name = re.sub(r"[^A-Za-z0-9._-]+", "_", type(model).__name__) or "model"
+    return imp.model, desc, imp.info, name or default_name
+
+
+def _source_sha(path: Path) -> str:
+    """sha256 of a file, or of every file under a directory (SavedModel) in path order."""
+    import hashlib
+
+    if path.is_file():
+        return sha256_file(path) if path.suffix == ".onnx" else hashlib.sha256(path.read_bytes()).hexdigest()
+    h = hashlib.sha256()
+    for f in sorted(p for p in path.rglob("*") if p.is_file()):
+        h.update(str(f.relative_to(path)).encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+def optimize(model, recipe: str | Path | Recipe, *, data: str | Path | None = None,
              shapes: dict | None = None, output: str | Path = "optkit-out", threads: int = 1,
              version: int | None = None, name: str | None = None, progress: Progress | None = None,
              warn=None, on_pass=None, tolerance: str | None = None, metric: str = "auto", budget: str | None = None,
              max_trials: int = 24, allow_miss: bool = False, force: bool = False,
-             eval_data: str | Path | None = None, eval_feeds: int = 512) -> dict:
-    """Run ``recipe`` on an ONNX model and write ``output/<name>/<version>/`` (model.onnx, compiled/, manifest.json).
+             eval_data: str | Path | None = None, eval_feeds: int = 512, example_inputs=None,
+             import_options: dict | None = None) -> dict:
+    """Run ``recipe`` on a model and write ``output/<name>/<version>/`` (model.onnx, compiled/, manifest.json).
 
     Returns the manifest (with ``artifact`` = the version directory). Validation happens before anything is
     written; a failure leaves no partial artifact behind and never touches the input file.
@@ -62,15 +141,22 @@ def optimize(model: str | Path, recipe: str | Path | Recipe, *, data: str | Path
 
     ``eval_data`` (same forms as ``data``): the feeds the numerics checks and the tolerance are judged on (up to
     ``eval_feeds``). Without it they are judged on ``data``, the calibration feeds, which flatters the result.
+
+    ``model`` may be an ONNX file, a PyTorch/TensorFlow file or an in-memory ``nn.Module`` / Keras model: those are
+    imported first (``example_inputs``, or shapes from ``data``/``shapes``; ``import_options`` are ``export``'s
+    keywords: module, dynamic, opset, exporter, dtypes, input_names, output_names, signature, parity_tol), the
+    imported ONNX is kept in the artifact as ``input.onnx`` and the manifest's ``import`` holds exporter, opset and
+    parity.
     """
     warn = warn or (lambda msg: None)
     rec = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
     backend = get_backend(rec.backend)  # a missing backend fails here, before any work
     backend_opts = rec.backend_config()
     passes = rec.build_passes()
-    src = Path(model)
-    m = load_model(src)
-    input_sha = sha256_file(src)
+    if not (isinstance(model, (str, Path)) and Path(model).suffix.lower() == ".onnx"):
+        # a framework model: the import traces with the same data/shapes the pipeline will use
+        import_options = {"data": data, "shapes": shapes, **(import_options or {})}
+    m, input_desc, import_info, name = _load_input(model, name, example_inputs, import_options, warn)
     inputs, _ = signature(m)
     samples = get_samples(m, data, shapes)
     static_shapes = resolve_shapes(inputs, samples.shapes())
@@ -85,7 +171,10 @@ def optimize(model: str | Path, recipe: str | Path | Recipe, *, data: str | Path
     tuning = _tuning(m, rec, passes, evals, threads, tolerance, metric, budget, max_trials, force, warn)
     out_root = Path(output)
     started = time.perf_counter()
-    with staged_version(out_root, name or _model_name(src), version) as staged:
+    with staged_version(out_root, name, version) as staged:
+        if import_info is not None:  # the imported ONNX is the reference that bench compares with
+            save_model(m, staged.stage / "input.onnx")
+            input_desc.update({"path": "input.onnx", "sha256": sha256_file(staged.stage / "input.onnx")})
         result = Pipeline(passes, ctx, tuning=tuning, eval_samples=evals, max_check_feeds=eval_feeds).run(m, on_pass=on_pass)
         candidates = None
         if rec.candidates:
@@ -99,7 +188,8 @@ def optimize(model: str | Path, recipe: str | Path | Recipe, *, data: str | Path
         manifest = {
             "schema": MANIFEST_SCHEMA,
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "input": {"path": str(src.resolve()), "sha256": input_sha, "info": model_info(m, static_shapes)},
+            "input": {**input_desc, "info": model_info(m, static_shapes)},
+            "import": import_info,
             "output": {"path": "model.onnx", "sha256": sha256_file(out_model), "info": model_info(result.model, static_shapes)},
             "recipe": rec.to_dict(),
             "recipe_source": rec.source,

@@ -22,6 +22,31 @@ _DEBUG = False
 
 FormatOpt = typer.Option("table", "--format", help="table (rich) or json", case_sensitive=False)
 ShapeOpt = typer.Option(None, "--shape", help="static shape for an input, NAME=1x3x224x224 (repeatable)")
+_IMPORT = "Import (PyTorch / TensorFlow models)"
+ModuleOpt = typer.Option(None, "--module", help="pkg.mod:factory or file.py:factory that builds the model a state_dict belongs to", rich_help_panel=_IMPORT)
+DtypeOpt = typer.Option(None, "--dtype", help="dtype of an input given by --shape, NAME=int64 (repeatable; default float32)", rich_help_panel=_IMPORT)
+DynamicOpt = typer.Option(None, "--dynamic", help="dynamic axes: batch, seq, NAME:AXIS[=label], comma-separated; none = static (default batch)", rich_help_panel=_IMPORT)
+OpsetOpt = typer.Option(None, "--opset", help="ONNX opset (default: 18 dynamo, 17 TorchScript/tf2onnx)", rich_help_panel=_IMPORT)
+ExporterOpt = typer.Option("auto", "--exporter", help="auto (dynamo, then TorchScript) | dynamo | torchscript | tf2onnx", rich_help_panel=_IMPORT)
+InNamesOpt = typer.Option(None, "--input-names", help="comma-separated input names, in forward() order", rich_help_panel=_IMPORT)
+OutNamesOpt = typer.Option(None, "--output-names", help="comma-separated output names", rich_help_panel=_IMPORT)
+SignatureOpt = typer.Option(None, "--signature", help="SavedModel signature key (default serving_default)", rich_help_panel=_IMPORT)
+ParityOpt = typer.Option("1e-3,1e-4", "--parity-tol", help="RTOL,ATOL: ONNX Runtime must match the framework within ATOL + RTOL*max|ref|", rich_help_panel=_IMPORT)
+
+
+def _import_options(module, dtype, dynamic, opset, exporter, input_names, output_names, signature, parity_tol) -> dict:
+    from .errors import InputError
+    from .importers import parse_dtypes
+
+    try:
+        rtol, atol = (float(x) for x in parity_tol.split(","))
+    except ValueError:
+        raise InputError(f"bad --parity-tol {parity_tol!r}", "use RTOL,ATOL, e.g. --parity-tol 1e-3,1e-4") from None
+    split = lambda v: [x.strip() for x in v.split(",") if x.strip()] if v else None  # noqa: E731
+    opts = {"module": module, "dtypes": parse_dtypes(dtype), "dynamic": dynamic, "opset": opset,
+            "exporter": exporter.lower(), "input_names": split(input_names), "output_names": split(output_names),
+            "signature": signature, "parity_tol": (rtol, atol)}
+    return opts
 
 
 def _guard(fn):
@@ -122,7 +147,7 @@ def _fmt_diff(d: dict | None) -> str:
 @app.command()
 @_guard
 def optimize(
-    model: Path = typer.Argument(..., help="ONNX model file"),
+    model: Path = typer.Argument(..., help="ONNX model, PyTorch file (.pt/.pth/.pt2), Keras .keras/.h5 or SavedModel dir"),
     recipe: str = typer.Option(..., "--recipe", "-r", help="built-in recipe name (see `optkit recipes`) or a YAML file"),
     data: Optional[Path] = typer.Option(None, "--data", help=".npz file, stacked .npz, or directory of .npz feeds (+ optional 'labels')"),
     eval_data: Optional[Path] = typer.Option(None, "--eval-data", help="held-out feeds for the numerics checks and --tolerance (default: --data)"),
@@ -137,14 +162,33 @@ def optimize(
     max_trials: int = typer.Option(24, "--max-trials", help="trials at most for the search"),
     allow_miss: bool = typer.Option(False, "--allow-miss", help="exit 0 even when no candidate meets --tolerance"),
     force: bool = typer.Option(False, "--force", help="keep passes that made the model slower (turns the performance guard off)"),
+    module: Optional[str] = ModuleOpt,
+    dtype: Optional[List[str]] = DtypeOpt,
+    dynamic: Optional[str] = DynamicOpt,
+    opset: Optional[int] = OpsetOpt,
+    exporter: str = ExporterOpt,
+    input_names: Optional[str] = InNamesOpt,
+    output_names: Optional[str] = OutNamesOpt,
+    signature: Optional[str] = SignatureOpt,
+    parity_tol: str = ParityOpt,
     fmt: str = FormatOpt,
 ):
-    """Run a recipe's passes on MODEL, check numerics after each, compile for the backend, write a versioned artifact."""
+    """Run a recipe's passes on MODEL, check numerics after each, compile for the backend, write a versioned artifact.
+
+    A PyTorch or TensorFlow MODEL is imported to ONNX first (with a parity check), as `optkit import` does."""
     from .api import optimize as run
     from .data import parse_shape_args
 
     fmt = _check_format(fmt)
     shapes = parse_shape_args(shape)
+    imp_opts = None
+    if model.suffix.lower() != ".onnx":
+        imp_opts = _import_options(module, dtype, dynamic, opset, exporter, input_names, output_names, signature, parity_tol)
+    elif module or dtype or dynamic or opset or exporter != "auto" or input_names or output_names or signature:
+        from .errors import InputError
+
+        raise InputError(f"{model.name} is already ONNX: the import options (--module, --dynamic, --opset, ...) do not apply",
+                         "drop them, or pass the PyTorch/TensorFlow model instead")
     progress = _RichProgress()
 
     def on_pass(entry):
@@ -156,10 +200,12 @@ def optimize(
 
     man = run(model, recipe, data=data, shapes=shapes, output=output, threads=threads, version=version, name=name,
               progress=progress, warn=_warn, on_pass=on_pass, tolerance=tolerance, metric=metric, budget=budget,
-              max_trials=max_trials, allow_miss=allow_miss, force=force, eval_data=eval_data)
+              max_trials=max_trials, allow_miss=allow_miss, force=force, eval_data=eval_data, import_options=imp_opts)
     if fmt == "json":
         _print_json(man)
         return
+    if man.get("import"):
+        _print_import(man["import"])
     t = Table(title=f"optkit optimize · {man['recipe']['name']} · {model.name}", title_justify="left")
     for col in ("pass", "nodes", "size", "time", "vs previous: max-abs / cosine / top-1 agree", "vs input", "top-1"):
         t.add_column(col)
@@ -200,6 +246,59 @@ def optimize(
     out.print(f"size {_fmt_bytes(i['bytes'])} → {_fmt_bytes(o['bytes'])}, nodes {i['nodes']} → {o['nodes']}, "
               f"optimize {man['optimize_seconds']:.1f} s", highlight=False)
     out.print(f"artifact: [bold]{man['artifact']}[/]  (measure it: optkit bench {man['artifact']})", markup=True, highlight=False)
+
+
+def _print_import(info: dict) -> None:
+    p = info["parity"]
+    dyn = p.get("dynamic_check")
+    failed = [a for a in info["attempts"] if not a.get("parity")]
+    out.print(f"imported {escape(info['source'])} with {info['exporter']} (opset {info['opset']}, {info['seconds']:.1f} s); "
+              f"parity vs {info['framework']} on {p['feeds']} feed(s) ({escape(p['feeds_source'])}): max-abs {p['max_abs']:.3g}, "
+              f"cosine {p['cosine']:.7f}"
+              + (f"; dynamic axes checked at {dyn['shapes']}: max-abs {dyn['max_abs']:.3g}" if dyn else ""),
+              highlight=False)
+    for a in failed:
+        out.print(f"  {a['exporter']} rejected: {escape(a.get('error', ''))}", highlight=False)
+
+
+@app.command("import")
+@_guard
+def import_(
+    model: Path = typer.Argument(..., help="PyTorch file (.pt/.pth TorchScript, pickled model or state_dict; .pt2), Keras .keras/.h5, or SavedModel dir"),
+    out_file: Path = typer.Option(..., "--out", "-o", help="the ONNX file to write"),
+    data: Optional[Path] = typer.Option(None, "--data", help=".npz feeds to trace and check parity with (names = input names)"),
+    shape: Optional[List[str]] = ShapeOpt,
+    module: Optional[str] = ModuleOpt,
+    dtype: Optional[List[str]] = DtypeOpt,
+    dynamic: Optional[str] = DynamicOpt,
+    opset: Optional[int] = OpsetOpt,
+    exporter: str = ExporterOpt,
+    input_names: Optional[str] = InNamesOpt,
+    output_names: Optional[str] = OutNamesOpt,
+    signature: Optional[str] = SignatureOpt,
+    parity_tol: str = ParityOpt,
+    fmt: str = FormatOpt,
+):
+    """Export a PyTorch or TensorFlow model to ONNX and check ONNX Runtime against the framework on the same inputs."""
+    from .api import export
+    from .data import parse_shape_args
+
+    fmt = _check_format(fmt)
+    opts = _import_options(module, dtype, dynamic, opset, exporter, input_names, output_names, signature, parity_tol)
+    imp = export(model, None, out_file, data=data, shapes=parse_shape_args(shape), warn=_warn, **opts)
+    if fmt == "json":
+        _print_json(imp.info)
+        return
+    _print_import(imp.info)
+    sig = Table(title=f"{out_file}", title_justify="left")
+    for col in ("", "name", "dtype", "shape"):
+        sig.add_column(col)
+    for kind in ("inputs", "outputs"):
+        for s in imp.info[kind]:
+            sig.add_row(kind[:-1], s["name"], s["dtype"], escape("[" + ", ".join(str(d) for d in s["shape"]) + "]"))
+    out.print(sig)
+    out.print(f"wrote [bold]{escape(str(out_file))}[/]  (next: optkit optimize {escape(str(out_file))} --recipe int8-ort)",
+              markup=True, highlight=False)
 
 
 @app.command()

@@ -40,3 +40,10 @@ class ToleranceMiss(OptkitError):
     """The result was produced but misses the accuracy the user asked for."""
 
     exit_code = 5
+
+
+class ExportError(OptkitError):
+    """A framework model could not be brought to ONNX, or the ONNX export disagrees with the framework
+    (parity check) beyond the tolerance."""
+
+    exit_code = 6

@@ -81,6 +81,8 @@ def bench(target: str | Path, *, backend: str = "ort", reference: str | Path | N
     ref_path = Path(reference) if reference else None
     if ref_path is None and man is not None:
         cand = Path(man["input"]["path"])
+        if not cand.is_absolute():  # an imported model's ONNX lives in the artifact (input.onnx)
+            cand = Path(t["model"]).parent / cand
         if cand.is_file() and sha256_file(cand) == man["input"]["sha256"]:
             ref_path = cand
         else:
