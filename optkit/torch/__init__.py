@@ -5,8 +5,9 @@ torch modules (the same rules as the ONNX passes), and quantization through Inte
     student, rep = prune(model, ratio=0.5, example_inputs=(x,))
     distiller = Distiller(teacher, student, T=4.0, alpha=0.7)
     loss = distiller.loss(batch_x, batch_y)        # inside your own loop
-    qmodel = quantize(student, calib_fn=..., example_inputs=(x,))
-    art = optkit.optimize(qmodel, "int8-ort", example_inputs=(x,))
+    q = quantize(student, calib_data=calib_batches, example_inputs=(x,))   # INC PT2E static INT8
+    q.to_onnx("student_int8.onnx")                                         # QDQ ONNX, runs INT8 on ORT
+    art = optkit.optimize(student, "int8-ort", example_inputs=(x,))        # or let optkit quantize the export
 
 Needs torch (``pip install 'optkit[torch]'``); quantize needs neural-compressor-pt (``'optkit[inc]'``).
 """
