@@ -182,7 +182,7 @@ def optimize(model, recipe: str | Path | Recipe, *, data: str | Path | None = No
         out_model = staged.stage / "model.onnx"
         save_model(result.model, out_model)
         t0 = time.perf_counter()
-        compiled = backend.compile(out_model, staged.stage / "compiled", backend_opts, threads)
+        compiled = backend.compile(out_model, staged.stage / "compiled", backend_opts, threads, shapes=static_shapes)
         compiled["seconds"] = round(time.perf_counter() - t0, 3)
         accuracy = _accuracy(result, evals)
         manifest = {

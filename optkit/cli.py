@@ -246,6 +246,16 @@ def optimize(
     out.print(f"size {_fmt_bytes(i['bytes'])} → {_fmt_bytes(o['bytes'])}, nodes {i['nodes']} → {o['nodes']}, "
               f"optimize {man['optimize_seconds']:.1f} s", highlight=False)
     out.print(f"artifact: [bold]{man['artifact']}[/]  (measure it: optkit bench {man['artifact']})", markup=True, highlight=False)
+    be = man.get("backend") or {}
+    if be.get("backend") == "trt":
+        if be.get("engine_built"):
+            out.print(f"TensorRT engine: {man['artifact']}/compiled/{be['engine']} ({be.get('precision')}, built in "
+                      f"{be.get('build_seconds', 0):.1f} s)  (measure it: optkit bench {man['artifact']} --backend trt)",
+                      highlight=False)
+        else:
+            out.print(f"[yellow]no TensorRT engine was built[/]: {escape(str(be.get('reason')))}", markup=True, highlight=False)
+            out.print(f"  the TensorRT-ready ONNX and the exact build command are in {man['artifact']}/compiled/ "
+                      "(trtexec.sh, build_engine.txt): run it where TensorRT >= 10 and an NVIDIA GPU exist", highlight=False)
 
 
 def _print_import(info: dict) -> None:

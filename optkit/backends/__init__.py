@@ -33,10 +33,20 @@ class Backend:
     Options: ClassVar[type[PassConfig]] = PassConfig
 
     def check(self) -> None:
-        """Raise BackendUnavailable (with the reason and what to do) if this backend cannot run here."""
+        """Raise BackendUnavailable (with the reason and what to do) if this backend cannot compile here."""
 
-    def compile(self, model_path: Path, out_dir: Path, options: PassConfig, threads: int = 1) -> dict:
-        """Build the backend artifact from ``model_path`` into ``out_dir``; return what was written."""
+    def status(self) -> dict:
+        """{'ok': can this machine run models on this backend, 'reason': why not}; by default what check() says."""
+        try:
+            self.check()
+        except BackendUnavailable as e:
+            return {"ok": False, "reason": str(e)}
+        return {"ok": True, "reason": None}
+
+    def compile(self, model_path: Path, out_dir: Path, options: PassConfig, threads: int = 1,
+                shapes: dict | None = None) -> dict:
+        """Build the backend artifact from ``model_path`` into ``out_dir`` for the static ``shapes`` the pipeline
+        used (input name -> dims); return what was written."""
         raise NotImplementedError
 
     def load(self, path: Path, threads: int = 1, options: PassConfig | None = None) -> Session:
@@ -65,14 +75,11 @@ def get_backend(name: str, check: bool = True) -> Backend:
 
 
 def backend_status() -> dict[str, str]:
-    """name -> 'available' or the reason it is not."""
+    """name -> 'available' or the reason models cannot run on it here."""
     out = {}
     for name in _BACKENDS:
-        try:
-            get_backend(name)
-            out[name] = "available"
-        except BackendUnavailable as e:
-            out[name] = str(e)
+        st = get_backend(name, check=False).status()
+        out[name] = "available" if st.get("ok") else (st.get("reason") or "unavailable")
     return out
 
 

@@ -101,7 +101,8 @@ class OrtBackend(Backend):
     def check(self) -> None:
         import onnxruntime  # noqa: F401  (a core dependency; always present)
 
-    def compile(self, model_path: Path, out_dir: Path, options: OrtOptions, threads: int = 1) -> dict:
+    def compile(self, model_path: Path, out_dir: Path, options: OrtOptions, threads: int = 1,
+                shapes: dict | None = None) -> dict:
         import onnxruntime as ort
 
         info = {"backend": "ort", "onnxruntime": ort.__version__, "graph_optimization_level": options.graph_optimization_level}
