@@ -14,6 +14,8 @@ _LAZY = {
     "optimize": ("optkit.api", "optimize"),
     "inspect": ("optkit.api", "inspect"),
     "export": ("optkit.api", "export"),
+    "load": ("optkit.predictor", "load"),
+    "Predictor": ("optkit.predictor", "Predictor"),
     "bench": ("optkit.measure", "bench"),
     "load_recipe": ("optkit.recipe", "load_recipe"),
     "Recipe": ("optkit.recipe", "Recipe"),

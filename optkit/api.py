@@ -127,7 +127,7 @@ def optimize(model, recipe: str | Path | Recipe, *, data: str | Path | None = No
              warn=None, on_pass=None, tolerance: str | None = None, metric: str = "auto", budget: str | None = None,
              max_trials: int = 24, allow_miss: bool = False, force: bool = False,
              eval_data: str | Path | None = None, eval_feeds: int = 512, example_inputs=None,
-             import_options: dict | None = None) -> dict:
+             import_options: dict | None = None, backends: str | list[str] | None = None) -> dict:
     """Run ``recipe`` on a model and write ``output/<name>/<version>/`` (model.onnx, compiled/, manifest.json).
 
     Returns the manifest (with ``artifact`` = the version directory). Validation happens before anything is
@@ -147,11 +147,18 @@ def optimize(model, recipe: str | Path | Recipe, *, data: str | Path | None = No
     keywords: module, dynamic, opset, exporter, dtypes, input_names, output_names, signature, parity_tol), the
     imported ONNX is kept in the artifact as ``input.onnx`` and the manifest's ``import`` holds exporter, opset and
     parity.
+
+    ``backends`` ('tvm', 'ort,tvm,trt', 'all', or a list) compiles the result for those backends instead of the
+    recipe's: the first into ``compiled/`` (the artifact's backend), the others into ``compiled-<name>/``; a
+    backend that cannot compile here is recorded in the manifest's ``backends`` with the reason.
     """
+    from .measure import parse_backends
+
     warn = warn or (lambda msg: None)
     rec = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
-    backend = get_backend(rec.backend)  # a missing backend fails here, before any work
-    backend_opts = rec.backend_config()
+    targets = parse_backends(",".join(backends) if isinstance(backends, (list, tuple)) else backends, rec.backend)
+    backend = get_backend(targets[0])  # a missing primary backend fails here, before any work
+    backend_opts = rec.backend_config() if targets[0] == rec.backend else backend.Options()
     passes = rec.build_passes()
     if not (isinstance(model, (str, Path)) and Path(model).suffix.lower() == ".onnx"):
         # a framework model: the import traces with the same data/shapes the pipeline will use
@@ -184,6 +191,10 @@ def optimize(model, recipe: str | Path | Recipe, *, data: str | Path | None = No
         t0 = time.perf_counter()
         compiled = backend.compile(out_model, staged.stage / "compiled", backend_opts, threads, shapes=static_shapes)
         compiled["seconds"] = round(time.perf_counter() - t0, 3)
+        all_compiled = {targets[0]: compiled}
+        for extra in targets[1:]:
+            all_compiled[extra] = _compile_extra(extra, rec, out_model, staged.stage / f"compiled-{extra}", threads,
+                                                 static_shapes, warn)
         accuracy = _accuracy(result, evals)
         manifest = {
             "schema": MANIFEST_SCHEMA,
@@ -202,6 +213,7 @@ def optimize(model, recipe: str | Path | Recipe, *, data: str | Path | None = No
             "pass_log": result.log,
             "accuracy": accuracy,
             "backend": compiled,
+            "backends": all_compiled,
             "threads": threads,
             "optimize_seconds": round(time.perf_counter() - started, 3),
             "tolerance": ({"criterion": tuning.criterion.describe(), "metric": tuning.criterion.metric,
@@ -221,6 +233,25 @@ def optimize(model, recipe: str | Path | Recipe, *, data: str | Path | None = No
                             f"the best candidate is saved at {staged.path}",
                             "raise --tolerance or --budget, or pass --allow-miss to accept it")
     return manifest
+
+
+def _compile_extra(name, rec, model_path, out_dir, threads, shapes, warn) -> dict:
+    """Compile for one more backend; one that cannot compile here is recorded with the reason, not fatal."""
+    from .errors import BackendUnavailable, OptkitError
+
+    be = get_backend(name, check=False)
+    try:
+        be.check()
+        opts = rec.backend_config() if name == rec.backend else be.Options()
+        t0 = time.perf_counter()
+        info = be.compile(model_path, out_dir, opts, threads, shapes=shapes)
+        info["seconds"] = round(time.perf_counter() - t0, 3)
+        return {"status": "ok", **info}
+    except BackendUnavailable as e:
+        return {"backend": name, "status": "unavailable", "reason": str(e)}
+    except OptkitError as e:
+        warn(f"backend {name}: {e}")
+        return {"backend": name, "status": "failed", "reason": str(e)}
 
 
 def _pick_candidate(prefix, candidates, ctx, tuning, original, on_pass, evals, eval_feeds):

@@ -162,6 +162,7 @@ def optimize(
     max_trials: int = typer.Option(24, "--max-trials", help="trials at most for the search"),
     allow_miss: bool = typer.Option(False, "--allow-miss", help="exit 0 even when no candidate meets --tolerance"),
     force: bool = typer.Option(False, "--force", help="keep passes that made the model slower (turns the performance guard off)"),
+    backend: Optional[str] = typer.Option(None, "--backend", help="compile for these backends instead of the recipe's: tvm, ort,tvm,trt or all (then bench them side by side)"),
     module: Optional[str] = ModuleOpt,
     dtype: Optional[List[str]] = DtypeOpt,
     dynamic: Optional[str] = DynamicOpt,
@@ -200,7 +201,8 @@ def optimize(
 
     man = run(model, recipe, data=data, shapes=shapes, output=output, threads=threads, version=version, name=name,
               progress=progress, warn=_warn, on_pass=on_pass, tolerance=tolerance, metric=metric, budget=budget,
-              max_trials=max_trials, allow_miss=allow_miss, force=force, eval_data=eval_data, import_options=imp_opts)
+              max_trials=max_trials, allow_miss=allow_miss, force=force, eval_data=eval_data, import_options=imp_opts,
+              backends=backend)
     if fmt == "json":
         _print_json(man)
         return
@@ -246,6 +248,14 @@ def optimize(
     out.print(f"size {_fmt_bytes(i['bytes'])} → {_fmt_bytes(o['bytes'])}, nodes {i['nodes']} → {o['nodes']}, "
               f"optimize {man['optimize_seconds']:.1f} s", highlight=False)
     out.print(f"artifact: [bold]{man['artifact']}[/]  (measure it: optkit bench {man['artifact']})", markup=True, highlight=False)
+    if len(man.get("backends") or {}) > 1:
+        from .measure import bench as run_bench
+
+        for bname, info in man["backends"].items():
+            if info.get("status") in ("unavailable", "failed"):
+                out.print(f"  backend {bname}: {info['status']}: {escape(str(info.get('reason')))}", highlight=False)
+        res = run_bench(man["artifact"], backend=",".join(man["backends"]), rounds=3, round_time=0.3, warn=_warn)
+        _print_matrix(res)
     be = man.get("backend") or {}
     if be.get("backend") == "trt":
         if be.get("engine_built"):
@@ -315,7 +325,7 @@ def import_(
 @_guard
 def bench(
     target: Path = typer.Argument(..., help="ONNX model file or optkit artifact directory"),
-    backend: str = typer.Option("ort", "--backend", help="backend to run on"),
+    backend: Optional[str] = typer.Option(None, "--backend", help="ort | tvm | trt, a comma-separated list, or all (default: the artifact's backend)"),
     reference: Optional[Path] = typer.Option(None, "--reference", help="FP32 model to compare with (default: the artifact's input)"),
     data: Optional[Path] = typer.Option(None, "--data", help="feeds (+ 'labels' for top-1); default: the artifact's --data"),
     shape: Optional[List[str]] = ShapeOpt,
@@ -338,6 +348,9 @@ def bench(
         write_json(json_file, res)
     if fmt == "json":
         _print_json(res)
+        return
+    if "rows" in res:
+        _print_matrix(res)
         return
     t = Table(title=f"optkit bench · {res['backend']} · {res['threads']} thread(s) · batch {res['batch']}", title_justify="left")
     for col in ("model", "p50 ms", "p90 ms", "p99 ms", "mean ms", "CV", "items/s", "load ms", "cold ms", "top-1"):
@@ -364,6 +377,35 @@ def bench(
         if "top1_delta" in acc:
             line += f"; top-1 delta {acc['top1_delta']:+.2%}"
         out.print(line, highlight=False)
+
+
+def _print_matrix(res: dict) -> None:
+    t = Table(title=f"optkit bench · {', '.join(res['backends'])} · {res['threads']} thread(s) · batch {res['batch']}"
+                    + (f" · {res['recipe']}" if res.get("recipe") else ""), title_justify="left")
+    for col in ("backend", "variant", "precision", "p50 ms", "p90 ms", "p99 ms", "items/s", "vs ref", "cosine vs ref",
+                "top-1", "load/compile"):
+        t.add_column(col, justify="left" if col in ("backend", "variant", "precision") else "right")
+    notes = []
+    for r in res["rows"]:
+        if r.get("status") != "ok":
+            notes.append(f"{r['backend']} {r['variant']}: {r.get('status')}: {r.get('reason')}")
+            t.add_row(r["backend"], r["variant"], r["precision"], f"[yellow]{r.get('status')} ({len(notes)})[/]",
+                      *([""] * 7))
+            continue
+        s, acc = r["latency"], r.get("accuracy", {})
+        sp = r.get("speedup_vs_reference")
+        comp = f"{r['load_ms'] / 1e3:.1f} s" + (f" (+{r['compile_s']:.1f} s at optimize)" if (r.get("compile_s") or 0) >= 0.05 else "")
+        t.add_row(r["backend"], r["variant"], r["precision"], f"{s['p50_ms']:.3f}", f"{s['p90_ms']:.3f}", f"{s['p99_ms']:.3f}",
+                  f"{s['throughput']:.1f}", f"{sp['median']:.2f}x" if sp else "-",
+                  f"{acc['vs_reference']['cosine']:.5f}" if "vs_reference" in acc else "-",
+                  f"{acc['top1']:.2%}" if "top1" in acc else "-", comp)
+    out.print(t)
+    for i, n in enumerate(notes, 1):
+        out.print(f"  ({i}) {escape(n)}", highlight=False)
+    d = res["data"]
+    out.print(f"accuracy on {d['feeds']} feed(s) from {escape(d['source'])}{' (synthetic)' if d['synthetic'] else ''}; "
+              "speedups are medians of per-round ratios against ORT running the reference, all rows alternating",
+              highlight=False)
 
 
 @app.command()

@@ -12,13 +12,13 @@ from pathlib import Path
 
 import numpy as np
 
-from .artifact import read_manifest
 from .backends import get_backend
 from .data import Samples, get_samples
 from .env import environment
-from .errors import InputError
+from .errors import BackendUnavailable, InputError
 from .metrics import compare, top1
 from .model import load_model, sha256_file
+from .predictor import artifact_backend, backend_options, load_path
 
 
 def stats(times_s: list[float], batch: int = 1) -> dict:
@@ -61,54 +61,55 @@ def speedup(ref_rounds: list[float], cand_rounds: list[float]) -> dict:
 
 
 def resolve_target(target: str | Path) -> dict:
-    """A .onnx file or an artifact directory -> the model to run and what the manifest knows."""
+    """A .onnx file, an artifact directory, or a model directory of versions (the latest) -> the model to run and
+    what the manifest knows."""
+    from .predictor import resolve_artifact
+
     p = Path(target)
-    if p.is_dir():
-        man = read_manifest(p)
-        return {"model": p / man["output"]["path"], "artifact": p, "manifest": man}
-    return {"model": p, "artifact": None, "manifest": None}
+    if not p.is_dir():
+        return {"model": p, "artifact": None, "manifest": None}
+    art, man, model = resolve_artifact(p)
+    return {"model": model, "artifact": art, "manifest": man}
 
 
-def bench(target: str | Path, *, backend: str = "ort", reference: str | Path | None = None, data: str | Path | None = None,
-          shapes: dict | None = None, threads: int = 1, batch: int | None = None, rounds: int = 5,
-          round_runs: int = 20, round_time: float = 0.5, warn=None) -> dict:
-    """Latency (alternating vs the reference when there is one) and accuracy of a model or artifact."""
+def bench(target: str | Path, *, backend: str | None = None, reference: str | Path | None = None,
+          data: str | Path | None = None, shapes: dict | None = None, threads: int = 1, batch: int | None = None,
+          rounds: int = 5, round_runs: int = 20, round_time: float = 0.5, warn=None) -> dict:
+    """Latency (alternating vs the reference when there is one) and accuracy of a model or artifact.
+
+    ``backend``: one name (default: the artifact's backend, else ort), a comma-separated list, or 'all'. With one
+    backend the candidate and the reference alternate on it (the reference runs on ORT when the backend is not
+    ORT: the baseline every user has). With several, every available backend runs the candidate, ORT runs the
+    reference, all alternate in one protocol, and unavailable backends are listed with the reason.
+    """
     warn = warn or (lambda msg: None)
     t = resolve_target(target)
     man = t["manifest"]
-    model = load_model(t["model"])
+    names = parse_backends(backend, artifact_backend(man))
+    if len(names) > 1:
+        return bench_matrix(t, names, reference=reference, data=data, shapes=shapes, threads=threads, batch=batch,
+                            rounds=rounds, round_runs=round_runs, round_time=round_time, warn=warn)
+    backend = names[0]
     be = get_backend(backend)
-    ref_path = Path(reference) if reference else None
-    if ref_path is None and man is not None:
-        cand = Path(man["input"]["path"])
-        if not cand.is_absolute():  # an imported model's ONNX lives in the artifact (input.onnx)
-            cand = Path(t["model"]).parent / cand
-        if cand.is_file() and sha256_file(cand) == man["input"]["sha256"]:
-            ref_path = cand
-        else:
-            warn(f"the artifact's input model {cand} is missing or changed since optimize; no reference comparison "
-                 "(pass --reference FP32.onnx)")
-    if ref_path is not None:
-        load_model(ref_path)  # clear error for a bad reference
-    if data is None and man is not None and man["data"].get("path") and Path(man["data"]["path"]).exists():
-        data = man["data"]["path"]
-    if shapes is None and man is not None and man.get("user_shapes"):
-        shapes = {k: tuple(v) for k, v in man["user_shapes"].items()}
-    samples: Samples = get_samples(model, data, shapes)
-    for w in samples.warnings:
-        warn(w)
-    if batch is not None:
-        samples = _rebatch(samples, batch, model)
+    st = be.status()
+    if not st.get("ok"):
+        raise BackendUnavailable(f"backend {backend!r} cannot run models here: {st.get('reason')}",
+                                 "bench on another --backend (ort runs everywhere)")
+    ref_be = be if backend == "ort" else get_backend("ort")
+    ref_path, samples = _prepare(t, reference, data, shapes, batch, warn)
     first = samples.feeds[0]
     feed_batch = int(next(iter(first.values())).shape[0]) if first and next(iter(first.values())).ndim else 1
-    opts = be.Options()
     sessions, load_ms, cold_ms = {}, {}, {}
+    cand_path = load_path(t["artifact"], man, Path(t["model"]), backend) if t["artifact"] else Path(t["model"])
     try:
-        for role, path in (("candidate", t["model"]), ("reference", ref_path)):
+        for role, path in (("candidate", cand_path), ("reference", ref_path)):
             if path is None:
                 continue
             t0 = time.perf_counter()
-            sessions[role] = be.load(Path(path), threads=threads, options=opts)
+            if role == "candidate":
+                sessions[role] = be.load(Path(path), threads=threads, options=backend_options(man, backend))
+            else:
+                sessions[role] = ref_be.load(Path(path), threads=threads, options=ref_be.Options())
             load_ms[role] = (time.perf_counter() - t0) * 1e3
             t0 = time.perf_counter()
             sessions[role].run(first)
@@ -133,7 +134,7 @@ def bench(target: str | Path, *, backend: str = "ort", reference: str | Path | N
             s.close()
     result = {
         "target": str(target), "model": str(t["model"]), "reference": str(ref_path) if ref_path else None,
-        "backend": backend, "threads": threads, "inter_op_threads": 1, "batch": feed_batch,
+        "backend": backend, "reference_backend": ref_be.name if ref_path else None, "threads": threads, "inter_op_threads": 1, "batch": feed_batch,
         "protocol": {"rounds": rounds, "round_runs": round_runs, "round_time_s": round_time, "warmup_runs": 10,
                      "warmup_time_s": 0.2, "alternating": len(sessions) > 1},
         "latency": timing,
@@ -142,6 +143,141 @@ def bench(target: str | Path, *, backend: str = "ort", reference: str | Path | N
     }
     if "reference" in timing:
         result["speedup"] = speedup(timing["reference"]["round_p50_ms"], timing["candidate"]["round_p50_ms"])
+    if man is not None:
+        result["recipe"] = man["recipe"]["name"]
+    return result
+
+
+def _prepare(t: dict, reference, data, shapes, batch, warn) -> tuple[Path | None, Samples]:
+    """The reference model (``--reference``, else the artifact's input model when unchanged) and the feeds
+    (``--data``, else the artifact's data, else synthetic), rebatched when asked."""
+    man = t["manifest"]
+    model = load_model(t["model"])
+    ref_path = Path(reference) if reference else None
+    if ref_path is None and man is not None:
+        cand = Path(man["input"]["path"])
+        if not cand.is_absolute():  # an imported model's ONNX lives in the artifact (input.onnx)
+            cand = Path(t["model"]).parent / cand
+        if cand.is_file() and sha256_file(cand) == man["input"]["sha256"]:
+            ref_path = cand
+        else:
+            warn(f"the artifact's input model {cand} is missing or changed since optimize; no reference comparison "
+                 "(pass --reference FP32.onnx)")
+    if ref_path is not None:
+        load_model(ref_path)  # clear error for a bad reference
+    if data is None and man is not None and man["data"].get("path") and Path(man["data"]["path"]).exists():
+        data = man["data"]["path"]
+    if shapes is None and man is not None and man.get("user_shapes"):
+        shapes = {k: tuple(v) for k, v in man["user_shapes"].items()}
+    samples: Samples = get_samples(model, data, shapes)
+    for w in samples.warnings:
+        warn(w)
+    if batch is not None:
+        samples = _rebatch(samples, batch, model)
+    return ref_path, samples
+
+
+def parse_backends(spec: str | None, default: str) -> list[str]:
+    """'ort' | 'ort,tvm,trt' | 'all' (every registered backend) -> names; unknown names are an error."""
+    from .backends import backend_names
+
+    if not spec:
+        return [default]
+    names = backend_names() if spec.strip().lower() == "all" else [n.strip() for n in spec.split(",") if n.strip()]
+    for n in names:
+        get_backend(n, check=False)  # RecipeError naming the available backends
+    return list(dict.fromkeys(names))
+
+
+def precision_of(model) -> str:
+    """int8 when the graph quantizes (QDQ, QOperator, integer MatMul/Conv), fp16 when it computes in float16, else fp32."""
+    ops = {n.op_type for n in model.graph.node}
+    if ops & {"QuantizeLinear", "DynamicQuantizeLinear", "QLinearConv", "QLinearMatMul", "MatMulInteger",
+              "ConvInteger", "DynamicQuantizeMatMul"}:
+        return "int8"
+    if any(t.data_type == 10 for t in model.graph.initializer):  # FLOAT16
+        return "fp16"
+    return "fp32"
+
+
+def bench_matrix(t: dict, names: list[str], *, reference, data, shapes, threads, batch, rounds, round_runs, round_time,
+                 warn) -> dict:
+    """One recipe's result on every backend: the candidate on each available backend and the reference on ORT,
+    timed alternately in one protocol; accuracy of every row against the reference's outputs."""
+    man = t["manifest"]
+    ref_path, samples = _prepare(t, reference, data, shapes, batch, warn)
+    first = samples.feeds[0]
+    feed_batch = int(next(iter(first.values())).shape[0]) if first and next(iter(first.values())).ndim else 1
+    cand_prec = precision_of(load_model(t["model"]))
+    rows: list[dict] = []
+    sessions: dict = {}
+    if ref_path is not None:
+        rows.append({"key": "ort/reference", "backend": "ort", "variant": "reference", "model": str(ref_path),
+                     "precision": precision_of(load_model(ref_path))})
+    for n in names:
+        rows.append({"key": f"{n}/candidate", "backend": n, "variant": "candidate", "model": str(t["model"]),
+                     "precision": cand_prec})
+    built = (man or {}).get("backend") or {}
+    try:
+        for row in rows:
+            be = get_backend(row["backend"], check=False)
+            st = be.status()
+            if not st.get("ok"):
+                row.update(status="unavailable", reason=st.get("reason"))
+                continue
+            path = Path(row["model"]) if row["variant"] == "reference" or not t["artifact"] else \
+                load_path(t["artifact"], man, Path(t["model"]), row["backend"])
+            opts = be.Options() if row["variant"] == "reference" else backend_options(man, row["backend"])
+            t0 = time.perf_counter()
+            try:
+                sess = be.load(path, threads=threads, options=opts)
+            except BackendUnavailable as e:
+                row.update(status="unavailable", reason=str(e))
+                continue
+            except Exception as e:  # a backend that cannot compile this model: one row says so, the rest run
+                row.update(status="failed", reason=f"{type(e).__name__}: {str(e).strip().splitlines()[0][:300] if str(e).strip() else ''}")
+                continue
+            row["load_ms"] = (time.perf_counter() - t0) * 1e3
+            if row["variant"] == "candidate" and built.get("backend") == row["backend"]:
+                row["compile_s"] = built.get("seconds")
+                row["tuning"] = built.get("tuning")
+            t0 = time.perf_counter()
+            sess.run(first)
+            row["cold_ms"] = (time.perf_counter() - t0) * 1e3
+            row["status"] = "ok"
+            sessions[row["key"]] = sess
+        outs = {k: [s.run(f) for f in samples.feeds] for k, s in sessions.items()}  # checked before timing
+        ref_outs = outs.get("ort/reference")
+        for row in rows:
+            if row["key"] not in outs:
+                continue
+            acc = {}
+            t1 = top1(outs[row["key"]], samples.labels)
+            if t1 is not None:
+                acc["top1"] = t1
+            if ref_outs is not None and row["key"] != "ort/reference":
+                d = compare(ref_outs, outs[row["key"]])
+                acc["vs_reference"] = {k: v for k, v in d.items() if k != "outputs"}
+            row["accuracy"] = acc
+        timing = time_sessions(sessions, first, rounds=rounds, round_runs=round_runs, round_time=round_time,
+                               batch=feed_batch) if sessions else {}
+    finally:
+        for s in sessions.values():
+            s.close()
+    for row in rows:
+        if row["key"] in timing:
+            row["latency"] = timing[row["key"]]
+            if "ort/reference" in timing:
+                row["speedup_vs_reference"] = speedup(timing["ort/reference"]["round_p50_ms"],
+                                                      timing[row["key"]]["round_p50_ms"])
+    result = {
+        "target": str(t["artifact"] or t["model"]), "model": str(t["model"]), "reference": str(ref_path) if ref_path else None,
+        "backends": names, "rows": rows, "threads": threads, "inter_op_threads": 1, "batch": feed_batch,
+        "data": {"feeds": len(samples), "synthetic": samples.synthetic, "source": samples.source},
+        "protocol": {"rounds": rounds, "round_runs": round_runs, "round_time_s": round_time, "warmup_runs": 10,
+                     "warmup_time_s": 0.2, "alternating": len(sessions) > 1},
+        "environment": environment(),
+    }
     if man is not None:
         result["recipe"] = man["recipe"]["name"]
     return result
