@@ -228,6 +228,12 @@ def optimize(model, recipe: str | Path | Recipe, *, data: str | Path | None = No
         }
         write_json(staged.stage / MANIFEST, manifest)
     manifest["artifact"] = str(staged.path)
+    try:
+        from .report import write_report
+
+        manifest["report"] = str(write_report(staged.path)[1])
+    except Exception as e:  # the artifact is complete without it; say so rather than fail the run
+        warn(f"could not write the report ({type(e).__name__}: {e}); `optkit report {staged.path}` retries")
     if result.missed and not allow_miss:
         raise ToleranceMiss(f"tolerance missed ({tuning.criterion.describe()}) by pass(es) {', '.join(result.missed)}; "
                             f"the best candidate is saved at {staged.path}",

@@ -248,6 +248,8 @@ def optimize(
     out.print(f"size {_fmt_bytes(i['bytes'])} → {_fmt_bytes(o['bytes'])}, nodes {i['nodes']} → {o['nodes']}, "
               f"optimize {man['optimize_seconds']:.1f} s", highlight=False)
     out.print(f"artifact: [bold]{man['artifact']}[/]  (measure it: optkit bench {man['artifact']})", markup=True, highlight=False)
+    if man.get("report"):
+        out.print(f"report: {man['report']}", highlight=False)
     if len(man.get("backends") or {}) > 1:
         from .measure import bench as run_bench
 
@@ -377,6 +379,8 @@ def bench(
         if "top1_delta" in acc:
             line += f"; top-1 delta {acc['top1_delta']:+.2%}"
         out.print(line, highlight=False)
+    if res.get("report"):
+        out.print(f"report: {res['report']}", highlight=False)
 
 
 def _print_matrix(res: dict) -> None:
@@ -406,6 +410,61 @@ def _print_matrix(res: dict) -> None:
     out.print(f"accuracy on {d['feeds']} feed(s) from {escape(d['source'])}{' (synthetic)' if d['synthetic'] else ''}; "
               "speedups are medians of per-round ratios against ORT running the reference, all rows alternating",
               highlight=False)
+    if res.get("report"):
+        out.print(f"report: {res['report']}", highlight=False)
+
+
+@app.command()
+@_guard
+def report(
+    artifacts: List[Path] = typer.Argument(..., help="artifact directories (OUT/<name>/<version>, or OUT/<name> for the latest)"),
+    out_file: Optional[Path] = typer.Option(None, "--out", "-o", help="HTML file for a comparison (default: inside the artifact for one, optkit-report.html for several)"),
+    fmt: str = FormatOpt,
+):
+    """Write report.html (self-contained) and report.json for one artifact, or a comparison of several."""
+    from .artifact import write_json
+    from .errors import InputError
+    from .report import build_report, render_html, write_report
+
+    fmt = _check_format(fmt)
+    if len(artifacts) == 1 and out_file is None:
+        from .predictor import resolve_artifact
+
+        art, man, _ = resolve_artifact(artifacts[0])
+        if man is None:
+            raise InputError(f"{artifacts[0]} is a model file, not an artifact", "pass the directory optkit optimize wrote")
+        jpath, hpath = write_report(art)
+        rep = json.loads(jpath.read_text())
+    else:
+        rep = build_report(artifacts)
+        hpath = out_file or Path("optkit-report.html")
+        if hpath.suffix.lower() != ".html":
+            raise InputError(f"--out {hpath} should end in .html", "name it report.html or similar")
+        hpath.parent.mkdir(parents=True, exist_ok=True)
+        hpath.write_text(render_html(rep), encoding="utf-8")
+        jpath = hpath.with_suffix(".json")
+        write_json(jpath, rep)
+    if fmt == "json":
+        _print_json(rep)
+        return
+    t = Table(title=f"optkit report · {len(rep['artifacts'])} artifact(s)", title_justify="left")
+    for col in ("variant", "precision", "p50 ms", "p99 ms", "vs FP32", "accuracy", "Pareto"):
+        t.add_column(col, justify="left" if col in ("variant", "precision", "Pareto") else "right")
+    for p in rep["variants"]:
+        if p.get("status") != "ok":
+            t.add_row(p["key"], p["precision"], f"{p.get('status')}", "", "", "", "")
+            continue
+        acc = p.get("accuracy")
+        t.add_row(p["key"], p["precision"], f"{p['latency']['p50_ms']:.3f}", f"{p['latency']['p99_ms']:.3f}",
+                  f"{p['speedup_vs_reference']:.2f}x" if p.get("speedup_vs_reference") else "-",
+                  "-" if not acc else (f"{acc['value']:.2%}" if acc["metric"] == "top1" else f"{acc['value']:.5f}"),
+                  "★" if p.get("pareto") else "")
+    if rep["variants"]:
+        out.print(t)
+    else:
+        out.print("no bench results in these artifacts yet: run optkit bench ARTIFACT to add latency to the report",
+                  highlight=False)
+    out.print(f"report: [bold]{escape(str(hpath))}[/]  (+ {escape(jpath.name)})", markup=True, highlight=False)
 
 
 @app.command()

@@ -24,10 +24,16 @@ from .predictor import artifact_backend, backend_options, load_path
 def stats(times_s: list[float], batch: int = 1) -> dict:
     t = np.asarray(times_s, dtype=np.float64) * 1e3
     mean = float(t.mean())
+    # a compact picture of the distribution for reports: 30 bins from min to p99.5 (the tail beyond is counted apart)
+    hi = float(np.percentile(t, 99.5))
+    counts, edges = np.histogram(t[t <= hi], bins=30, range=(float(t.min()), hi if hi > t.min() else float(t.min()) + 1e-6))
     return {"runs": int(t.size), "p50_ms": float(np.percentile(t, 50)), "p90_ms": float(np.percentile(t, 90)),
             "p99_ms": float(np.percentile(t, 99)), "mean_ms": mean, "min_ms": float(t.min()),
+            "p25_ms": float(np.percentile(t, 25)), "p75_ms": float(np.percentile(t, 75)), "max_ms": float(t.max()),
             "std_ms": float(t.std()), "cv": float(t.std() / mean) if mean else 0.0,
-            "throughput": float(batch * 1e3 / mean) if mean else 0.0, "batch": batch}
+            "throughput": float(batch * 1e3 / mean) if mean else 0.0, "batch": batch,
+            "hist": {"edges_ms": [round(float(e), 5) for e in edges], "counts": [int(c) for c in counts],
+                     "above": int((t > hi).sum())}}
 
 
 def _time_for(run, feed, min_runs: int, min_seconds: float) -> list[float]:
@@ -74,8 +80,10 @@ def resolve_target(target: str | Path) -> dict:
 
 def bench(target: str | Path, *, backend: str | None = None, reference: str | Path | None = None,
           data: str | Path | None = None, shapes: dict | None = None, threads: int = 1, batch: int | None = None,
-          rounds: int = 5, round_runs: int = 20, round_time: float = 0.5, warn=None) -> dict:
+          rounds: int = 5, round_runs: int = 20, round_time: float = 0.5, warn=None, save: bool = True) -> dict:
     """Latency (alternating vs the reference when there is one) and accuracy of a model or artifact.
+
+    For an artifact the result is also kept in ``ARTIFACT/bench/<n>.json`` and its report is rewritten (``save``).
 
     ``backend``: one name (default: the artifact's backend, else ort), a comma-separated list, or 'all'. With one
     backend the candidate and the reference alternate on it (the reference runs on ORT when the backend is not
@@ -88,7 +96,7 @@ def bench(target: str | Path, *, backend: str | None = None, reference: str | Pa
     names = parse_backends(backend, artifact_backend(man))
     if len(names) > 1:
         return bench_matrix(t, names, reference=reference, data=data, shapes=shapes, threads=threads, batch=batch,
-                            rounds=rounds, round_runs=round_runs, round_time=round_time, warn=warn)
+                            rounds=rounds, round_runs=round_runs, round_time=round_time, warn=warn, save=save)
     backend = names[0]
     be = get_backend(backend)
     st = be.status()
@@ -134,7 +142,9 @@ def bench(target: str | Path, *, backend: str | None = None, reference: str | Pa
             s.close()
     result = {
         "target": str(target), "model": str(t["model"]), "reference": str(ref_path) if ref_path else None,
-        "backend": backend, "reference_backend": ref_be.name if ref_path else None, "threads": threads, "inter_op_threads": 1, "batch": feed_batch,
+        "backend": backend, "reference_backend": ref_be.name if ref_path else None, "threads": threads,
+        "precision": {"candidate": precision_of(load_model(t["model"])),
+                      **({"reference": precision_of(load_model(ref_path))} if ref_path else {})}, "inter_op_threads": 1, "batch": feed_batch,
         "protocol": {"rounds": rounds, "round_runs": round_runs, "round_time_s": round_time, "warmup_runs": 10,
                      "warmup_time_s": 0.2, "alternating": len(sessions) > 1},
         "latency": timing,
@@ -145,6 +155,19 @@ def bench(target: str | Path, *, backend: str | None = None, reference: str | Pa
         result["speedup"] = speedup(timing["reference"]["round_p50_ms"], timing["candidate"]["round_p50_ms"])
     if man is not None:
         result["recipe"] = man["recipe"]["name"]
+    return _keep(t, result, save, warn)
+
+
+def _keep(t: dict, result: dict, save: bool, warn) -> dict:
+    """Store a bench of an artifact with it (bench/<n>.json) and rewrite its report, so the evidence stays together."""
+    if save and t["artifact"] is not None:
+        from .report import save_bench, write_report
+
+        try:
+            result["saved"] = str(save_bench(t["artifact"], result))
+            result["report"] = str(write_report(t["artifact"])[1])
+        except OSError as e:
+            warn(f"could not save the bench result into {t['artifact']} ({e.strerror or e}); results are printed only")
     return result
 
 
@@ -201,7 +224,7 @@ def precision_of(model) -> str:
 
 
 def bench_matrix(t: dict, names: list[str], *, reference, data, shapes, threads, batch, rounds, round_runs, round_time,
-                 warn) -> dict:
+                 warn, save: bool = True) -> dict:
     """One recipe's result on every backend: the candidate on each available backend and the reference on ORT,
     timed alternately in one protocol; accuracy of every row against the reference's outputs."""
     man = t["manifest"]
@@ -280,7 +303,7 @@ def bench_matrix(t: dict, names: list[str], *, reference, data, shapes, threads,
     }
     if man is not None:
         result["recipe"] = man["recipe"]["name"]
-    return result
+    return _keep(t, result, save, warn)
 
 
 def _rebatch(samples: Samples, batch: int, model) -> Samples:
