@@ -101,8 +101,11 @@ def bench(target: str | Path, *, backend: str | None = None, reference: str | Pa
     be = get_backend(backend)
     st = be.status()
     if not st.get("ok"):
+        import sys
+
+        hint = getattr(sys.modules[type(be).__module__], "INSTALL_HINT", None)
         raise BackendUnavailable(f"backend {backend!r} cannot run models here: {st.get('reason')}",
-                                 "bench on another --backend (ort runs everywhere)")
+                                 (hint + "; " if hint else "") + "or bench on another --backend (ort runs everywhere)")
     ref_be = be if backend == "ort" else get_backend("ort")
     ref_path, samples = _prepare(t, reference, data, shapes, batch, warn)
     first = samples.feeds[0]
@@ -265,11 +268,24 @@ def bench_matrix(t: dict, names: list[str], *, reference, data, shapes, threads,
                 row["compile_s"] = built.get("seconds")
                 row["tuning"] = built.get("tuning")
             t0 = time.perf_counter()
-            sess.run(first)
+            try:
+                sess.run(first)
+            except Exception as e:  # e.g. a static-shape backend given another batch: this row fails, the rest run
+                sess.close()
+                row.update(status="failed", reason=f"{type(e).__name__}: {str(e).strip().splitlines()[0][:300] if str(e).strip() else ''}")
+                continue
             row["cold_ms"] = (time.perf_counter() - t0) * 1e3
             row["status"] = "ok"
             sessions[row["key"]] = sess
-        outs = {k: [s.run(f) for f in samples.feeds] for k, s in sessions.items()}  # checked before timing
+        outs = {}
+        for row in rows:  # outputs are checked before timing; a backend that fails to run one row says why
+            if row["key"] not in sessions:
+                continue
+            try:
+                outs[row["key"]] = [sessions[row["key"]].run(f) for f in samples.feeds]
+            except Exception as e:
+                row.update(status="failed", reason=f"{type(e).__name__}: {str(e).strip().splitlines()[0][:300] if str(e).strip() else ''}")
+                sessions.pop(row["key"]).close()
         ref_outs = outs.get("ort/reference")
         for row in rows:
             if row["key"] not in outs:

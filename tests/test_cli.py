@@ -215,7 +215,7 @@ def test_second_run_is_version_2_and_version_1_again_fails(tmp_path, optimized, 
 
 
 def test_synthetic_data_warns_and_json_format(tmp_path, cnn_files):
-    """No --data: a 'synthetic' warning on stderr; --format json prints the manifest (plus 'artifact')."""
+    """No --data: a 'synthetic' warning on stderr; --format json prints the manifest (plus 'artifact' and 'report')."""
     out = tmp_path / "out"
     r = run_cli("optimize", cnn_files["model"], "-r", "fp32-ort", "-o", out, "--format", "json", "--name", "cnn-json",
                 cwd=tmp_path)
@@ -224,7 +224,8 @@ def test_synthetic_data_warns_and_json_format(tmp_path, cnn_files):
     man = json.loads(r.stdout)
     art = out / "cnn-json" / "1"
     assert Path(man["artifact"]) == art
-    assert man == {**json.loads((art / "manifest.json").read_text()), "artifact": man["artifact"]}
+    assert man == {**json.loads((art / "manifest.json").read_text()), "artifact": man["artifact"],
+                   "report": str(art / "report.html")}
     assert man["data"]["synthetic"] is True and man["accuracy"]["synthetic"] is True
     assert man["data"]["path"] is None and man["accuracy"]["feeds"] >= 1
     assert any("synthetic" in w for w in man["warnings"])
