@@ -11,7 +11,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	# the CPU build of torch on this machine's disk; any other spec can pull a multi-GB CUDA build
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[dev,tf,inc]'
+	$(PY) -m pip install -q -e '.[dev,tf,inc,tune]'
 	touch $@
 
 install: $(VENV)/.installed

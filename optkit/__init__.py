@@ -15,6 +15,7 @@ _LAZY = {
     "inspect": ("optkit.api", "inspect"),
     "export": ("optkit.api", "export"),
     "load": ("optkit.predictor", "load"),
+    "tune": ("optkit.serving", "tune"),
     "Predictor": ("optkit.predictor", "Predictor"),
     "bench": ("optkit.measure", "bench"),
     "load_recipe": ("optkit.recipe", "load_recipe"),

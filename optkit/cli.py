@@ -469,6 +469,103 @@ def report(
 
 @app.command()
 @_guard
+def tune(
+    model: Path = typer.Argument(..., help="ONNX model, or an artifact directory (its input model is the FP32 source and reference)"),
+    backends: str = typer.Option("ort", "--backends", help="comma-separated: ort, tvm, trt (unavailable ones are listed, not searched)"),
+    precisions: str = typer.Option("fp32,int8", "--precisions", help="comma-separated: fp32, fp16, int8"),
+    threads: Optional[str] = typer.Option(None, "--threads", help="intra-op thread counts, e.g. 1,2,4 (default 1, 2, 4, ... up to the cores)"),
+    batch: Optional[str] = typer.Option(None, "--batch", help="batch sizes, e.g. 1,2,4,8,16,32 (the default; a fixed-batch model: its own)"),
+    slo: Optional[str] = typer.Option(None, "--slo", help="bounds a spec must meet: 'p99<20ms', 'p50<=5ms', 'throughput>=500' (comma-separated)"),
+    objective: str = typer.Option("throughput", "--objective", help="throughput (max items/s) | latency (min p99) | cost (max items/s per core)"),
+    tolerance: str = typer.Option("1%", "--tolerance", help="accuracy a variant may lose vs the input model (top-1 with labels, else cosine)"),
+    budget: Optional[str] = typer.Option(None, "--budget", help="'30', '30 trials', '25%', '10m' or '30 trials,10m' (default 25% of the space, at least 6)"),
+    sampler: str = typer.Option("auto", "--sampler", help="auto (gp when torch is installed, else tpe) | gp | tpe | random | grid (measure every point)"),
+    seed: int = typer.Option(0, "--seed", help="sampler seed"),
+    data: Optional[Path] = typer.Option(None, "--data", help="feeds for calibration and timing (+ 'labels'); default: the artifact's, else synthetic"),
+    eval_data: Optional[Path] = typer.Option(None, "--eval-data", help="held-out feeds the tolerance is judged on (default: --data)"),
+    shape: Optional[List[str]] = ShapeOpt,
+    output: Path = typer.Option(Path("optkit-out"), "--output", "-o", help="for an ONNX model: files go to OUTPUT/<name>/tune/"),
+    executor: str = typer.Option("local", "--executor", help="where trials run: local (a child process per trial)"),
+    workers: int = typer.Option(1, "--workers", help="trials at once; > 1 shares cores and distorts every timing"),
+    rounds: int = typer.Option(3, "--rounds", help="timing rounds per trial"),
+    round_time: float = typer.Option(0.3, "--round-time", help="seconds per round (at least 10 runs)"),
+    trial_timeout: float = typer.Option(120.0, "--trial-timeout", help="seconds before a trial's child is killed (recorded as failed)"),
+    fresh: bool = typer.Option(False, "--fresh", help="measure again even points in the trial cache"),
+    fmt: str = FormatOpt,
+):
+    """Search backend × precision × threads × batch for the best serving spec under an SLO (Bayesian optimization;
+    a fraction of the grid is measured). Writes serving.json and serving.svg (throughput vs p99, Pareto front)."""
+    from .data import parse_shape_args
+    from .serving import tune as run
+
+    fmt = _check_format(fmt)
+
+    def on_trial(t):
+        if fmt == "json":
+            return
+        what = (f"p50 {t['p50_ms']:.3f} ms, p99 {t['p99_ms']:.3f} ms, {t['throughput']:.1f} items/s"
+                if t.get("throughput") is not None else escape(str(t.get("error"))))
+        flag = {"ok": "[green]ok[/]", "infeasible": "[yellow]SLO miss[/]", "failed": "[red]failed[/]"}[t["status"]]
+        err.print(f"  trial {t['n']:>3} {t['key']:<22} {flag} {what}" + (" (cached)" if t["source"] == "cache" else ""),
+                  markup=True, highlight=False)
+
+    res = run(model, backends=backends, precisions=precisions, threads=threads, batches=batch, slo=slo,
+              objective=objective.lower(), tolerance=tolerance, budget=budget, seed=seed, output=output, data=data,
+              eval_data=eval_data, shapes=parse_shape_args(shape) or None, executor=executor, workers=workers,
+              sampler=sampler.lower(), rounds=rounds, round_time=round_time, trial_timeout=trial_timeout, fresh=fresh,
+              warn=_warn, on_trial=on_trial, on_status=lambda m: err.print(f"[dim]{escape(m)}[/]", markup=True, highlight=False))
+    if fmt == "json":
+        _print_json(res)
+        return
+    _print_tune(res)
+
+
+def _print_tune(res: dict) -> None:
+    s, rec = res["search"], res.get("recommended")
+    rec_key = f"{rec['backend']}-{rec['precision']}/t{rec['threads']}/b{rec['batch']}" if rec else None
+    front = {p["key"] for p in res["pareto"]}
+    t = Table(title=f"optkit tune · {res['model']['name']} · objective {res['objective']}"
+                    + (f" · SLO {', '.join(res['slo'])}" if res["slo"] else "") + f" · {s['sampler']} · {s['trials']} of "
+                    f"{res['space']['size']} points ({s['measured']} measured, {s['from_cache']} cached)", title_justify="left")
+    for col in ("#", "backend", "precision", "threads", "batch", "p50 ms", "p99 ms", "items/s", "items/s/core", "status", ""):
+        t.add_column(col, justify="left" if col in ("backend", "precision", "status", "") else "right")
+    for x in sorted(res["trials"], key=lambda x: x["n"]):
+        measured = x.get("throughput") is not None
+        status = {"ok": "[green]ok[/]", "infeasible": "[yellow]" + escape("; ".join(x.get("reasons") or [])) + "[/]",
+                  "failed": "[red]failed: " + escape(str(x.get("error"))[:60]) + "[/]"}[x["status"]]
+        mark = ("★ recommended" if x["key"] == rec_key else "") + (" · Pareto" if x["key"] in front else "")
+        t.add_row(str(x["n"]), x["backend"], x["precision"], str(x["threads"]), str(x["batch"]),
+                  f"{x['p50_ms']:.3f}" if measured else "-", f"{x['p99_ms']:.3f}" if measured else "-",
+                  f"{x['throughput']:.1f}" if measured else "-", f"{x['throughput_per_core']:.1f}" if measured else "-",
+                  status, mark.strip(" ·"))
+    out.print(t)
+    for v in res["variants"]:
+        acc = v.get("accuracy") or {}
+        line = f"variant {v['variant']}: {v['status']}"
+        if acc:
+            line += f", {acc['metric']} {acc['value']:.5g} (threshold {acc['threshold']:.5g})"
+        if v.get("build_seconds") is not None:
+            line += f", {'built in' if v.get('built') else 'reused, built in'} {v['build_seconds']:.1f} s"
+        if v.get("reason"):
+            line += f" - {v['reason']}"
+        out.print(escape(line), highlight=False)
+    for u in res["unavailable"]:
+        out.print(f"backend {u['backend']}: unavailable - {escape(u['reason'])}", highlight=False)
+    for n in res["notes"]:
+        out.print(f"[yellow]note:[/] {escape(n)}", markup=True, highlight=False)
+    if rec:
+        e = rec["expected"]
+        out.print(f"recommended: [bold]{rec['backend']} {rec['precision']}, {rec['threads']} thread(s), batch {rec['batch']}[/]"
+                  f" - p50 {e['p50_ms']:.3f} ms, p99 {e['p99_ms']:.3f} ms, {e['throughput']:.1f} items/s "
+                  f"({e['throughput_per_core']:.1f} per core)", markup=True, highlight=False)
+        out.print(f"  artifact: {escape(rec['artifact'])}", highlight=False)
+    out.print(f"stopped: {s['stopped']} after {s['search_seconds']:.1f} s of trials ({s['total_seconds']:.1f} s in all); "
+              f"{s['ok']} ok, {s['infeasible']} SLO miss, {s['failed']} failed", highlight=False)
+    out.print(f"wrote [bold]{escape(res['serving_json'])}[/] and {escape(res['plot'])}", markup=True, highlight=False)
+
+
+@app.command()
+@_guard
 def inspect(
     model: Path = typer.Argument(..., help="ONNX model file"),
     shape: Optional[List[str]] = ShapeOpt,
