@@ -117,10 +117,12 @@ def bench(target: str | Path, *, backend: str | None = None, reference: str | Pa
             if path is None:
                 continue
             t0 = time.perf_counter()
+            feed_shapes = {k: tuple(v.shape) for k, v in first.items()}
             if role == "candidate":
-                sessions[role] = be.load(Path(path), threads=threads, options=backend_options(man, backend))
+                sessions[role] = be.load(Path(path), threads=threads, options=backend_options(man, backend),
+                                         shapes=feed_shapes)
             else:
-                sessions[role] = ref_be.load(Path(path), threads=threads, options=ref_be.Options())
+                sessions[role] = ref_be.load(Path(path), threads=threads, options=ref_be.Options(), shapes=feed_shapes)
             load_ms[role] = (time.perf_counter() - t0) * 1e3
             t0 = time.perf_counter()
             sessions[role].run(first)
@@ -256,7 +258,7 @@ def bench_matrix(t: dict, names: list[str], *, reference, data, shapes, threads,
             opts = be.Options() if row["variant"] == "reference" else backend_options(man, row["backend"])
             t0 = time.perf_counter()
             try:
-                sess = be.load(path, threads=threads, options=opts)
+                sess = be.load(path, threads=threads, options=opts, shapes={k: tuple(v.shape) for k, v in first.items()})
             except BackendUnavailable as e:
                 row.update(status="unavailable", reason=str(e))
                 continue

@@ -49,7 +49,9 @@ class Backend:
         used (input name -> dims); return what was written."""
         raise NotImplementedError
 
-    def load(self, path: Path, threads: int = 1, options: PassConfig | None = None) -> Session:
+    def load(self, path: Path, threads: int = 1, options: PassConfig | None = None,
+             shapes: dict | None = None) -> Session:
+        """Open ``path`` for inference; ``shapes`` (input -> dims) are the feeds' shapes, for static-shape backends."""
         raise NotImplementedError
 
 

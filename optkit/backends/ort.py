@@ -119,6 +119,6 @@ class OrtBackend(Backend):
         info.update({"artifact": str(dst.name), "saved_level": options.saved_level})
         return info
 
-    def load(self, path: Path, threads: int = 1, options: OrtOptions | None = None) -> OrtSession:
+    def load(self, path: Path, threads: int = 1, options: OrtOptions | None = None, shapes: dict | None = None) -> OrtSession:
         options = options or OrtOptions()
         return OrtSession(path, threads, options.graph_optimization_level, options.inter_op_threads)

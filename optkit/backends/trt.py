@@ -1129,7 +1129,8 @@ class TrtBackend(Backend):
         info["python_call"] = py
         return info
 
-    def load(self, path: Path, threads: int = 1, options: TrtOptions | None = None) -> TrtSession:
+    def load(self, path: Path, threads: int = 1, options: TrtOptions | None = None,
+             shapes: dict | None = None) -> TrtSession:
         """An engine (.plan/.engine), or an ONNX file: an artifact's compiled/engine.plan when it exists, else an
         engine built now (profiles from the artifact's manifest when there is one) and cached in cache_dir."""
         st = _require_runtime()
