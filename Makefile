@@ -11,7 +11,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	# the CPU build of torch on this machine's disk; any other spec can pull a multi-GB CUDA build
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[dev,tf,inc,tune]'
+	$(PY) -m pip install -q -e '.[dev,tf,inc,tune,tvm]'
 	touch $@
 
 install: $(VENV)/.installed
@@ -29,7 +29,7 @@ test-slow: install
 	$(PY) -m pytest -q -m slow
 
 bench: install
-	$(PY) -m benchmarks.int8_vs_fp32
+	$(PY) -m benchmarks.run
 
 clean:
 	rm -rf optkit-out examples/digits examples/encoder .pytest_cache
