@@ -29,6 +29,7 @@ test-slow: install
 	$(PY) -m pytest -q -m slow
 
 bench: install
+	$(PY) -m pip install -q Pillow
 	$(PY) -m benchmarks.run
 
 clean:

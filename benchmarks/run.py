@@ -1,5 +1,6 @@
-"""The benchmark suite: optkit's recipes vs what a user does by hand with the plain libraries, on the bundled models
-and a real pretrained model from PyPI, in one run on this machine.
+"""The benchmark suite: optkit's recipes vs the plain libraries by hand, on bundled and real models, in one run.
+
+Everything runs on this machine in one command (`make bench`), bundled models and a real pretrained one from PyPI.
 
     python -m benchmarks.run                   # full run (<= 15 min on 2 cores) -> benchmarks/results/suite-<date>.{json,md}
     python -m benchmarks.run --quick           # small encoder, fewer feeds and rounds -> suite-quick-<date>.*
@@ -12,7 +13,8 @@ to FP32, random weights) and ddddocr's FP32 OCR model (MIT; read from the ddddoc
 `pip download ddddocr==1.6.1 --no-deps` into ~/.cache/optkit-bench when not installed; exact-match text accuracy on
 captcha-like strings drawn with Pillow). Variants (benchmarks/suite/variants.py): FP32; ORT graph optimizer alone;
 onnxsim alone; quantize_dynamic and quantize_static (QDQ) with defaults; for the encoder, ORT's transformer
-optimizer; optkit fp32-ort, int8-ort, int8-dynamic-ort and auto-ort with --tolerance 1%. Per variant: p50 latency and
+optimizer; optkit fp32-ort, int8-ort and int8-dynamic-ort one shot, and auto-ort with --tolerance 1% --budget 2m
+(judged on validation data; the table's accuracy is on separate test data). Per variant: p50 latency and
 speedup vs FP32 (1 thread, batch 1, all variants of a model in the same alternating rounds), accuracy, size,
 optimize wall time, achieved GFLOP/s or GOP/s and the roofline fraction (benchmarks/suite/roofline.py).
 """

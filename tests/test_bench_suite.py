@@ -233,10 +233,12 @@ def test_cli_readme_prints_block(tmp_path, capsys):
 # ---------------------------------------------------------------------------------------------------------------
 
 def test_licence_and_charset_and_ctc():
-    meta = ("Metadata-Version: 2.4\nName: ddddocr\nLicense: The MIT License (MIT)\n        Copyright\n"
-            "Classifier: License :: OSI Approved :: MIT License\n\n# body License: GPL\n")
+    meta = ("Metadata-Version: 2.4\nName: ddddocr\nLicense: The MIT License (MIT)\n        Copyright\n        \n"
+            "        Permission is hereby granted\nClassifier: License :: OSI Approved :: MIT License\n\n"
+            "# body License: GPL\n")
     lic = models.licence_of(meta)
     assert lic["permissive"] and lic["license"].startswith("The MIT License")
+    assert lic["classifiers"] == ["License :: OSI Approved :: MIT License"]
     assert not models.licence_of("Name: x\nLicense: GPL-3.0\n\n")["permissive"]
     chars = models.charset("A = 1\nCHARSET_BETA = ['', 'a', 'b', 'c']\n")
     assert chars == ["", "a", "b", "c"]

@@ -114,3 +114,14 @@ def test_cpu_flags_and_int8_choice():
     vnni = int8_choice({"isa": {"avx512_vnni": True, "avx2": True}})
     assert (vnni["activation"], vnni["weight"], vnni["reduce_range"]) == ("uint8", "int8", False)
     assert int8_choice({"isa": {"avx2": True}})["reduce_range"] is True
+
+
+def test_compare_flags_a_changed_output_shape():
+    """Same numbers in another shape are not the same output (a CTC decoder reading [seq, 1, classes] breaks on
+    [1, seq*classes]): compare flags it so an exact pass that reshapes an output fails instead of passing."""
+    from optkit.metrics import compare, within
+
+    a = np.arange(6, dtype=np.float32).reshape(2, 3)
+    d = compare([{"y": a}], [{"y": a.reshape(3, 2)}])
+    assert d["outputs"]["y"]["shape_mismatch"] and not within(d, 1e-3, 1e-4, 0.999)
+    assert within(compare([{"y": a}], [{"y": a.copy()}]), 1e-3, 1e-4, 0.999)

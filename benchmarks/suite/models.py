@@ -161,8 +161,8 @@ def licence_of(metadata_text: str) -> dict:
             expr = line.partition(":")[2].strip()
         elif line.startswith("Classifier: License ::"):
             classifiers.append(line.partition(":")[2].strip())
-        elif not line.strip():
-            break  # the body (long description) starts here
+        elif line == "":
+            break  # the body (long description) starts here (a License field's continuation lines are indented)
     text = " ".join([expr, lic] + classifiers)
     permissive = any(k in text for k in ("MIT", "Apache", "BSD"))
     return {"license": expr or lic, "classifiers": classifiers, "permissive": permissive}

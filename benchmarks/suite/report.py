@@ -199,6 +199,13 @@ def peaks_line(p: dict) -> str:
     return line
 
 
+def _licence(res: dict) -> str:
+    lic = res.get("license")
+    if not lic:
+        return ""
+    return f"; licence: {lic['license']}" + (f" ({', '.join(lic['classifiers'])})" if lic.get("classifiers") else "")
+
+
 def _search_text(p: dict) -> str:
     budget = f" --budget {p['auto_budget']}" if p.get("auto_budget") else ""
     return (f"optkit auto-ort searched with `--tolerance {p['tolerance']}{budget}`, judged on separate validation "
@@ -223,7 +230,7 @@ def markdown(data: dict) -> str:
             continue
         f = res["flops"]
         lines += [f"## {res['name']}", "",
-                  f"Source: {res['source']}. Metric: {res['metric_label']}. FLOPs at the timed shape: "
+                  f"Source: {res['source']}{_licence(res)}. Metric: {res['metric_label']}. FLOPs at the timed shape: "
                   f"{f['total'] / 1e9:.3f} G (Conv/Gemm/MatMul {f['matmul_conv'] / 1e9:.3f} G + LSTM {f['lstm'] / 1e9:.3f} G), "
                   "from the FP32 graph for every row (an INT8 row's GOP/s counts its multiply-adds as 2 ops).", "",
                   f"Headline: {res['headline']['verdict_text']}.", ""]

@@ -221,7 +221,6 @@ def model_flops(model, shapes: dict, feed: dict | None = None) -> dict:
 
 
 def _gemm_model(m: int, k: int, n: int, int8: bool):
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(0)
