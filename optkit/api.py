@@ -189,7 +189,10 @@ def optimize(model, recipe: str | Path | Recipe, *, data: str | Path | None = No
         out_model = staged.stage / "model.onnx"
         save_model(result.model, out_model)
         t0 = time.perf_counter()
-        compiled = backend.compile(out_model, staged.stage / "compiled", backend_opts, threads, shapes=static_shapes)
+        import inspect as _inspect
+
+        extra = {"warn": warn} if "warn" in _inspect.signature(backend.compile).parameters else {}
+        compiled = backend.compile(out_model, staged.stage / "compiled", backend_opts, threads, shapes=static_shapes, **extra)
         compiled["seconds"] = round(time.perf_counter() - t0, 3)
         all_compiled = {targets[0]: compiled}
         for extra in targets[1:]:
