@@ -12,6 +12,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from .report import fmt_bytes, fmt_count
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Offline inference optimization: ONNX passes, INT8/FP16 quantization, backends, measured latency and accuracy.")
 # Piped output (CI logs, files) gets a wide console instead of rich's 80-column default.
@@ -120,21 +122,6 @@ class _RichProgress:
             self._p = None
 
 
-def _fmt_bytes(n: int) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if abs(n) < 1024 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)
-
-
-def _fmt_count(n: float) -> str:
-    for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if n >= size:
-            return f"{n / size:,.2f} {unit}"
-    return f"{n:,.0f}"
-
-
 def _fmt_diff(d: dict | None) -> str:
     if not d:
         return "-"
@@ -213,7 +200,7 @@ def optimize(
         t.add_column(col)
     for e in man["pass_log"]:
         t.add_row(e["pass"] + ("" if e["status"] == "ok" else f" ({e['status']})"), f"{e['nodes_before']} → {e['nodes_after']}",
-                  f"{_fmt_bytes(e['bytes_before'])} → {_fmt_bytes(e['bytes_after'])}", f"{e['seconds']:.2f} s",
+                  f"{fmt_bytes(e['bytes_before'])} → {fmt_bytes(e['bytes_after'])}", f"{e['seconds']:.2f} s",
                   _fmt_diff(e.get("vs_previous")), _fmt_diff(e.get("vs_input")), f"{e['top1']:.2%}" if "top1" in e else "-")
     out.print(t)
     for e in man["pass_log"]:
@@ -245,7 +232,7 @@ def optimize(
         out.print(f"performance guard: optimized model {final['speedup_vs_input']:.2f}x vs input"
                   + ("" if final["kept"] else f" - {final['note']}"), highlight=False)
     i, o = man["input"]["info"], man["output"]["info"]
-    out.print(f"size {_fmt_bytes(i['bytes'])} → {_fmt_bytes(o['bytes'])}, nodes {i['nodes']} → {o['nodes']}, "
+    out.print(f"size {fmt_bytes(i['bytes'])} → {fmt_bytes(o['bytes'])}, nodes {i['nodes']} → {o['nodes']}, "
               f"optimize {man['optimize_seconds']:.1f} s", highlight=False)
     out.print(f"artifact: [bold]{man['artifact']}[/]  (measure it: optkit bench {man['artifact']})", markup=True, highlight=False)
     if man.get("report"):
@@ -596,8 +583,8 @@ def inspect(
         ops.add_row(k, str(v))
     out.print(ops)
     fl = info["flops"]
-    out.print(f"nodes {info['nodes']}, params {info['params']:,}, size {_fmt_bytes(info['file_bytes'])}, "
-              f"FLOPs {_fmt_count(fl['total'])} (Conv/Gemm/MatMul at {info['flops_shapes']})"
+    out.print(f"nodes {info['nodes']}, params {info['params']:,}, size {fmt_bytes(info['file_bytes'])}, "
+              f"FLOPs {fmt_count(fl['total'])} (Conv/Gemm/MatMul at {info['flops_shapes']})"
               + (f" - {fl['note']}" if fl.get("note") else ""), highlight=False)
 
 

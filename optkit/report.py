@@ -206,7 +206,8 @@ def _e(x) -> str:
     return html.escape(str(x))
 
 
-def _fmt_bytes(n) -> str:
+def fmt_bytes(n) -> str:
+    """1536 -> '1.5 KB' (shared by the CLI and the HTML report)."""
     if n is None:
         return "-"
     for unit in ("B", "KB", "MB", "GB"):
@@ -216,13 +217,14 @@ def _fmt_bytes(n) -> str:
     return str(n)
 
 
-def _fmt_count(n) -> str:
+def fmt_count(n) -> str:
+    """189340000 -> '189.34 M'."""
     if n is None:
         return "-"
     for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
         if n >= size:
-            return f"{n / size:.2f} {unit}"
-    return f"{n:.0f}"
+            return f"{n / size:,.2f} {unit}"
+    return f"{n:,.0f}"
 
 
 def _fmt_acc(a: dict | None) -> str:
@@ -387,7 +389,7 @@ def render_html(rep: dict) -> str:
     cards = []
     for a in arts:
         i, out_ = a["model"]["input"], a["model"]["output"]
-        cards.append(("size", f"{_fmt_bytes(i['bytes'])} → {_fmt_bytes(out_['bytes'])}", a["label"]))
+        cards.append(("size", f"{fmt_bytes(i['bytes'])} → {fmt_bytes(out_['bytes'])}", a["label"]))
         acc = a.get("accuracy") or {}
         if "top1_input" in acc:
             cards.append(("top-1", f"{acc['top1_input']:.2%} → {acc['top1_output']:.2%}", f"on {acc['feeds']} feed(s)"))
@@ -458,14 +460,14 @@ def _artifact_html(a: dict, several: bool) -> str:
                  + (f"; dynamic axes checked at {_e(p['dynamic_check']['shapes'])}" if p.get("dynamic_check") else "") + "</p>")
     o.append("<table><tr><th class=l></th><th>nodes</th><th>params</th><th>FLOPs</th><th>size</th><th class=l>opsets</th></tr>")
     for k, m in (("input", i), ("optimized", out_)):
-        o.append(f"<tr><td class=l>{k}</td><td>{m['nodes']}</td><td>{m['params']:,}</td><td>{_fmt_count(m['flops'])}</td>"
-                 f"<td>{_fmt_bytes(m['bytes'])}</td><td class=l>{_e(m['opsets'])}</td></tr>")
+        o.append(f"<tr><td class=l>{k}</td><td>{m['nodes']}</td><td>{m['params']:,}</td><td>{fmt_count(m['flops'])}</td>"
+                 f"<td>{fmt_bytes(m['bytes'])}</td><td class=l>{_e(m['opsets'])}</td></tr>")
     o.append("</table><h3>Pass log</h3><table><tr><th class=l>pass</th><th>nodes</th><th>size</th><th>time</th>"
              "<th>vs previous: max-abs / cosine / top-1 agree</th><th>vs input</th><th>top-1</th></tr>")
     for p in a["passes"]:
         cls = "" if p["status"] == "ok" else " class=warn"
         o.append(f"<tr{cls}><td class=l>{_e(p['pass'])}{'' if p['status'] == 'ok' else ' (' + _e(p['status']) + ')'}</td>"
-                 f"<td>{p['nodes'][0]} → {p['nodes'][1]}</td><td>{_fmt_bytes(p['bytes'][0])} → {_fmt_bytes(p['bytes'][1])}</td>"
+                 f"<td>{p['nodes'][0]} → {p['nodes'][1]}</td><td>{fmt_bytes(p['bytes'][0])} → {fmt_bytes(p['bytes'][1])}</td>"
                  f"<td>{p['seconds']:.2f} s</td><td>{_diff(p['vs_previous'])}</td><td>{_diff(p['vs_input'])}</td>"
                  f"<td>{'-' if p['top1'] is None else format(p['top1'], '.2%')}</td></tr>")
         if p["notes"]:
