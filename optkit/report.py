@@ -314,7 +314,7 @@ def svg_latency(points: list[dict]) -> str:
     pts = [p for p in points if p.get("status") == "ok"]
     if not pts:
         return ""
-    W, L, R, row = 900, 230, 150, 46
+    W, L, R, row = 900, 230, 175, 46
     H = 34 + row * len(pts)
     hi = max(p["latency"]["p99_ms"] for p in pts) * 1.08
     sx = lambda v: L + v / hi * (W - L - R)  # noqa: E731
