@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from .report import fmt_bytes, fmt_count
+from .report import fmt_bytes, fmt_count, fmt_diff
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Offline inference optimization: ONNX passes, INT8/FP16 quantization, backends, measured latency and accuracy.")
@@ -122,15 +122,6 @@ class _RichProgress:
             self._p = None
 
 
-def _fmt_diff(d: dict | None) -> str:
-    if not d:
-        return "-"
-    s = f"{d['max_abs']:.2g} / {d['cosine']:.5f}"
-    if "top1_agreement" in d:
-        s += f" / {d['top1_agreement']:.1%}"
-    return s
-
-
 @app.command()
 @_guard
 def optimize(
@@ -201,7 +192,7 @@ def optimize(
     for e in man["pass_log"]:
         t.add_row(e["pass"] + ("" if e["status"] == "ok" else f" ({e['status']})"), f"{e['nodes_before']} → {e['nodes_after']}",
                   f"{fmt_bytes(e['bytes_before'])} → {fmt_bytes(e['bytes_after'])}", f"{e['seconds']:.2f} s",
-                  _fmt_diff(e.get("vs_previous")), _fmt_diff(e.get("vs_input")), f"{e['top1']:.2%}" if "top1" in e else "-")
+                  fmt_diff(e.get("vs_previous")), fmt_diff(e.get("vs_input")), f"{e['top1']:.2%}" if "top1" in e else "-")
     out.print(t)
     for e in man["pass_log"]:
         for note in e["notes"]:

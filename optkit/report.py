@@ -233,7 +233,8 @@ def _fmt_acc(a: dict | None) -> str:
     return f"{a['value']:.2%}" if a["metric"] == "top1" else f"{a['value']:.5f}"
 
 
-def _diff(d: dict | None) -> str:
+def fmt_diff(d: dict | None) -> str:
+    """max-abs / cosine / top-1 agreement of a comparison, for tables (shared by the CLI and the HTML report)."""
     if not d:
         return "-"
     s = f"{d['max_abs']:.2g} / {d['cosine']:.5f}"
@@ -242,7 +243,7 @@ def _diff(d: dict | None) -> str:
     return s
 
 
-def _nice_ticks(lo: float, hi: float, n: int = 5) -> list[float]:
+def nice_ticks(lo: float, hi: float, n: int = 5) -> list[float]:
     if hi <= lo:
         hi = lo + 1.0
     raw = (hi - lo) / n
@@ -272,10 +273,10 @@ def svg_scatter(points: list[dict], front: list[str], metric: str) -> str:
     sx = lambda v: L + (v - x0) / (x1 - x0) * (W - L - R)  # noqa: E731
     sy = lambda v: T + (1 - (v - y0) / (y1 - y0)) * (H - T - B)  # noqa: E731
     parts = [f'<svg viewBox="0 0 {W} {H}" width="{W}" style="max-width:100%;height:auto" role="img" aria-label="accuracy vs latency">']
-    for tx in _nice_ticks(x0, x1):
+    for tx in nice_ticks(x0, x1):
         parts.append(f'<line x1="{sx(tx):.1f}" y1="{T}" x2="{sx(tx):.1f}" y2="{H - B}" stroke="#eef0f3"/>'
                      f'<text x="{sx(tx):.1f}" y="{H - B + 16}" text-anchor="middle">{tx:g}</text>')
-    for ty in _nice_ticks(y0, y1):
+    for ty in nice_ticks(y0, y1):
         lab = f"{ty:.1%}" if metric == "top1" else f"{ty:.4f}"
         parts.append(f'<line x1="{L}" y1="{sy(ty):.1f}" x2="{W - R}" y2="{sy(ty):.1f}" stroke="#eef0f3"/>'
                      f'<text x="{L - 6}" y="{sy(ty) + 4:.1f}" text-anchor="end">{lab}</text>')
@@ -319,7 +320,7 @@ def svg_latency(points: list[dict]) -> str:
     hi = max(p["latency"]["p99_ms"] for p in pts) * 1.08
     sx = lambda v: L + v / hi * (W - L - R)  # noqa: E731
     parts = [f'<svg viewBox="0 0 {W} {H}" width="{W}" style="max-width:100%;height:auto" role="img" aria-label="latency distributions">']
-    for tx in _nice_ticks(0, hi):
+    for tx in nice_ticks(0, hi):
         parts.append(f'<line x1="{sx(tx):.1f}" y1="8" x2="{sx(tx):.1f}" y2="{H - 22}" stroke="#eef0f3"/>'
                      f'<text x="{sx(tx):.1f}" y="{H - 8}" text-anchor="middle">{tx:g} ms</text>')
     for i, p in enumerate(pts):
@@ -360,7 +361,7 @@ def svg_trials(trials: list[dict]) -> str:
     sx = lambda i: L + (i + 0.5) / len(pts) * (W - L - R)  # noqa: E731
     sy = lambda v: T + (1 - (v - y0) / (y1 - y0)) * (H - T - B)  # noqa: E731
     parts = [f'<svg viewBox="0 0 {W} {H}" width="{W}" style="max-width:100%;height:auto" role="img" aria-label="tuner trials">']
-    for ty in _nice_ticks(y0, y1, 4):
+    for ty in nice_ticks(y0, y1, 4):
         parts.append(f'<line x1="{L}" y1="{sy(ty):.1f}" x2="{W - R}" y2="{sy(ty):.1f}" stroke="#eef0f3"/>'
                      f'<text x="{L - 6}" y="{sy(ty) + 4:.1f}" text-anchor="end">{ty:.4g}</text>')
     thr = next((t["threshold"] for t in pts if t.get("threshold") is not None), None)
@@ -468,7 +469,7 @@ def _artifact_html(a: dict, several: bool) -> str:
         cls = "" if p["status"] == "ok" else " class=warn"
         o.append(f"<tr{cls}><td class=l>{_e(p['pass'])}{'' if p['status'] == 'ok' else ' (' + _e(p['status']) + ')'}</td>"
                  f"<td>{p['nodes'][0]} → {p['nodes'][1]}</td><td>{fmt_bytes(p['bytes'][0])} → {fmt_bytes(p['bytes'][1])}</td>"
-                 f"<td>{p['seconds']:.2f} s</td><td>{_diff(p['vs_previous'])}</td><td>{_diff(p['vs_input'])}</td>"
+                 f"<td>{p['seconds']:.2f} s</td><td>{fmt_diff(p['vs_previous'])}</td><td>{fmt_diff(p['vs_input'])}</td>"
                  f"<td>{'-' if p['top1'] is None else format(p['top1'], '.2%')}</td></tr>")
         if p["notes"]:
             o.append(f"<tr><td></td><td colspan=6 class='l muted small'>{'<br>'.join(_e(n) for n in p['notes'])}</td></tr>")

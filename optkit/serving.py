@@ -52,6 +52,7 @@ from typing import Callable, Protocol
 import numpy as np
 
 from .errors import InputError, OptkitError
+from .report import nice_ticks
 
 SERVING = "serving.json"
 SERVING_SVG = "serving.svg"
@@ -1020,11 +1021,11 @@ def svg_plot(res: dict) -> str:
     sx = lambda v: L + (fx(v) - x0) / (x1 - x0) * (W - L - R)  # noqa: E731
     sy = lambda v: T + (1 - (v - y0) / (y1 - y0)) * (H - T - B)  # noqa: E731
     xticks = ([10 ** e * m for e in range(math.floor(x0), math.ceil(x1) + 1) for m in (1, 2, 5)
-               if x0 <= math.log10(10 ** e * m) <= x1] if logx else _ticks(x0, x1))
+               if x0 <= math.log10(10 ** e * m) <= x1] if logx else nice_ticks(x0, x1))
     for tx in xticks:
         parts.append(f'<line x1="{sx(tx):.1f}" y1="{T}" x2="{sx(tx):.1f}" y2="{H - B}" stroke="#eef0f3"/>'
                      f'<text x="{sx(tx):.1f}" y="{H - B + 15}" text-anchor="middle">{tx:g}</text>')
-    for ty in _ticks(y0, y1):
+    for ty in nice_ticks(y0, y1):
         parts.append(f'<line x1="{L}" y1="{sy(ty):.1f}" x2="{W - R}" y2="{sy(ty):.1f}" stroke="#eef0f3"/>'
                      f'<text x="{L - 6}" y="{sy(ty) + 4:.1f}" text-anchor="end">{ty:g}</text>')
     parts.append(f'<line x1="{L}" y1="{H - B}" x2="{W - R}" y2="{H - B}" stroke="#98a2b3"/>'
@@ -1068,19 +1069,6 @@ def svg_plot(res: dict) -> str:
                  f'<text x="{W - R + 10}" y="{ly + 30}">ringed = recommended</text>'
                  f'<text x="{W - R + 10}" y="{ly + 45}" fill="#b54708">dashed = Pareto front</text></svg>')
     return "".join(parts)
-
-
-def _ticks(lo: float, hi: float, n: int = 5) -> list[float]:
-    if hi <= lo:
-        hi = lo + 1.0
-    raw = (hi - lo) / n
-    mag = 10 ** math.floor(math.log10(raw))
-    step = min((m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw), default=raw)
-    out, v = [], math.ceil(lo / step) * step
-    while v <= hi + 1e-12 and len(out) < 20:
-        out.append(round(v, 10))
-        v += step
-    return out
 
 
 __all__ = ["tune", "search", "Space", "TrialSpec", "Executor", "LocalExecutor", "ReplayExecutor", "parse_slo",

@@ -17,6 +17,7 @@ from pathlib import Path
 import onnx
 
 import optkit
+from benchmarks.int8_vs_fp32 import plain_dynamic, plain_static  # the same library-default calls
 from optkit.model import model_files
 
 # name -> (kind, description); the order is the table's order
@@ -75,27 +76,6 @@ def onnxsim_alone(src: Path, dst: Path) -> Path:
     if not ok:
         raise RuntimeError("onnxsim's own check failed")
     onnx.save(model, str(dst))
-    return dst
-
-
-def plain_dynamic(src: Path, dst: Path) -> Path:
-    from onnxruntime.quantization import quantize_dynamic
-
-    quantize_dynamic(str(src), str(dst))
-    return dst
-
-
-def plain_static(src: Path, dst: Path, feeds: list[dict]) -> Path:
-    from onnxruntime.quantization import quantize_static
-
-    class Reader:
-        def __init__(self):
-            self.it = iter(feeds)
-
-        def get_next(self):
-            return next(self.it, None)
-
-    quantize_static(str(src), str(dst), Reader())
     return dst
 
 

@@ -639,6 +639,22 @@ def _round_keep(n: int, keep: int, cfg: PruneConfig) -> int:
     return min(keep, n)
 
 
+def keep_counts(active, imp: dict, cfg) -> dict[str, int]:
+    """Channels kept per layer: per-layer overrides first, then one global threshold or ``ratio`` per layer
+    (shared with optkit.torch.prune, so both keep the same counts)."""
+    counts: dict[str, int] = {}
+    rest = [layer for layer in active if layer.name not in cfg.layers]
+    for layer in active:
+        if layer.name in cfg.layers:
+            counts[layer.name] = _keep_count(layer.n, cfg.layers[layer.name], cfg)
+    if cfg.scope == "global" and rest and cfg.ratio > 0:
+        counts.update(_global_counts(rest, imp, cfg.ratio, cfg))
+    else:
+        for layer in rest:
+            counts[layer.name] = _keep_count(layer.n, cfg.ratio, cfg)
+    return counts
+
+
 def _global_counts(layers: list[_Layer], importance: dict, ratio: float, cfg: PruneConfig) -> dict[str, int]:
     scores, floors = [], {}
     for layer in layers:
@@ -952,16 +968,7 @@ class Prune(Pass):
             v = _activation_importance(gr, layer, stats) if cfg.importance == "activation" else None
             imp[layer.name] = v if v is not None else (layer.importance_l2 if cfg.importance == "l2" else layer.importance_l1)
 
-        counts: dict[str, int] = {}
-        overridden = [layer for layer in active if layer.name in cfg.layers]
-        rest = [layer for layer in active if layer.name not in cfg.layers]
-        for layer in overridden:
-            counts[layer.name] = _keep_count(layer.n, cfg.layers[layer.name], cfg)
-        if cfg.scope == "global" and rest and cfg.ratio > 0:
-            counts.update(_global_counts(rest, imp, cfg.ratio, cfg))
-        else:
-            for layer in rest:
-                counts[layer.name] = _keep_count(layer.n, cfg.ratio, cfg)
+        counts = keep_counts(active, imp, cfg)
 
         chosen, metrics_layers, whole = [], {}, []
         for layer in active:

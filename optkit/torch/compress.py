@@ -8,7 +8,7 @@ Prune or factorize a trained model, fine-tune it (e.g. distilling from the origi
     count_flops(student, (x,))
 
 **Same rules as** :mod:`optkit.passes.prune` / :mod:`optkit.passes.lowrank`. These helpers are imported
-from them, not re-implemented: the kept count per layer (``_keep_count``, ``_global_counts``), the filter
+from them, not re-implemented: the kept count per layer (``keep_counts``), the filter
 norms (``_importance``), the block expansion of a flattened channel (``_expand``), the option ranges
 (``PruneConfig.check`` / ``LowRankConfig.check``) and the rank choice (``_choose_rank``, with ``energy_rank``).
 The kept channels are ``sort(argsort(-importance, stable)[:k])`` as in the pass. For a Conv whose only
@@ -65,7 +65,7 @@ from torch.nn.modules.instancenorm import _InstanceNorm
 from ..passes.lowrank import LowRankConfig
 from ..passes.lowrank import _choose_rank
 from ..passes.lowrank import _Layer as _LowRankLayer
-from ..passes.prune import PruneConfig, _expand, _global_counts, _importance, _keep_count
+from ..passes.prune import PruneConfig, _expand, _importance, keep_counts
 
 __all__ = ["prune", "lowrank", "count_flops"]
 
@@ -825,16 +825,7 @@ def prune(model: nn.Module, ratio: float = 0.3, *, example_inputs, importance: s
         v = act.get(layer.name)
         imp[layer.name] = v if v is not None else (layer.importance_l2 if importance == "l2" else layer.importance_l1)
 
-    counts: dict[str, int] = {}
-    overridden = [layer for layer in active if layer.name in cfg.layers]
-    rest = [layer for layer in active if layer.name not in cfg.layers]
-    for layer in overridden:
-        counts[layer.name] = _keep_count(layer.n, cfg.layers[layer.name], cfg)
-    if cfg.scope == "global" and rest and cfg.ratio > 0:
-        counts.update(_global_counts(rest, imp, cfg.ratio, cfg))
-    else:
-        for layer in rest:
-            counts[layer.name] = _keep_count(layer.n, cfg.ratio, cfg)
+    counts = keep_counts(active, imp, cfg)
 
     chosen, report_layers = [], {}
     for layer in active:
