@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 OPTKIT := $(VENV)/bin/optkit
 DEMO := optkit-out/demo
 
-.PHONY: install demo test test-slow bench clean
+.PHONY: install demo test test-slow test-isa bench clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -27,6 +27,12 @@ test: install
 
 test-slow: install
 	$(PY) -m pytest -q -m slow
+
+# The ISA-dependent tests as an AVX2-only CPU would run them (QEMU's TCG has AVX2, no AVX-512/VNNI): ORT picks its
+# INT8 kernels from CPUID and has no switch of its own, so emulation is how a VNNI machine sees AVX2 results.
+test-isa: install
+	command -v qemu-x86_64 >/dev/null || apt-get install -y -qq qemu-user
+	OPTKIT_TEST_EMULATED_CPU=avx2 qemu-x86_64 -cpu max $(PY) -m pytest -q -p no:cacheprovider -m isa
 
 bench: install
 	$(PY) -m pip install -q Pillow

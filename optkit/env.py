@@ -5,7 +5,7 @@ import importlib.metadata
 import platform
 import sys
 
-from .hw import cpu_features
+from .hw import cpu_features, isa_label, ort_int8_kernels
 
 _LIBS = ("optkit", "onnx", "onnxruntime", "onnxsim", "onnxslim", "onnxscript", "numpy", "torch",
          "tensorflow-cpu", "tf2onnx", "apache-tvm", "tensorrt", "neural-compressor")
@@ -23,4 +23,4 @@ def library_versions() -> dict[str, str]:
 
 def environment() -> dict:
     return {"python": sys.version.split()[0], "platform": platform.platform(), "cpu": cpu_features(),
-            "libraries": library_versions()}
+            "isa": isa_label(), "int8_kernels": ort_int8_kernels(), "libraries": library_versions()}

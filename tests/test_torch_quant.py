@@ -15,13 +15,16 @@ torch = pytest.importorskip("torch")
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
+from optkit.backends.ort import OrtSession  # noqa: E402
 from optkit.errors import InputError, ToleranceMiss  # noqa: E402
+from optkit.hw import ort_int8_kernels  # noqa: E402
 from optkit.torch import quantize  # noqa: E402
 from optkit.torch.quant import QuantResult  # noqa: E402
 
 # Measured ORT (QDQ ONNX) vs the quantized torch GraphModule: max-abs <= 1.3e-3 on logits of magnitude ~0.4
-# (batches 1..64); the difference is an occasional one-step rounding flip of an activation (ORT runs the fused
-# integer QLinearConv, torch the float conv on dequantized values). The bound leaves ~4x headroom.
+# (batches 1..64) on a VNNI CPU with the fused integer QLinearConv, 5.3e-4 with Q/DQ run as float ops on any CPU; the
+# difference is an occasional one-step rounding flip of an activation. The bound leaves ~4x headroom. Without VNNI the
+# integer kernels saturate (7.1e-3 on Zen 3): that path is checked per ISA below, not by widening this bound.
 ORT_VS_TORCH_MAX_ABS = 5e-3
 
 
@@ -106,6 +109,7 @@ def test_static_restores_train_mode_and_is_quiet(capfd):
     assert res.info["calib_batches"] == 2
 
 
+@pytest.mark.isa
 def test_static_to_onnx_qdq_runs_on_ort(static, tmp_path, capfd):
     path = static.to_onnx(tmp_path / "q.onnx", input_names=["input"], output_names=["logits"])
     out, err = capfd.readouterr()
@@ -121,14 +125,29 @@ def test_static_to_onnx_qdq_runs_on_ort(static, tmp_path, capfd):
     assert inp.type.tensor_type.shape.dim[0].dim_param  # symbolic batch dim
     assert static.info["onnx"]["quantize_linear"] > 0 and static.info["onnx"]["opset"] >= 18
 
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    # like with like, on every CPU: ORT running Q/DQ as float ops is the program torch ran
+    fake = OrtSession(path, fake_quant=True)
+    kernels = OrtSession(path)  # a default session: Q/DQ fused into ORT's integer kernels, what ORT serves
+    saturates = ort_int8_kernels()["u8s8_saturates"]
+    parity = static.info["onnx"]["parity"]
+    assert parity["fake_quant"]["max_abs"] < ORT_VS_TORCH_MAX_ABS
+    assert parity["int8_kernels"]["u8s8_saturates"] == saturates and parity["int8_kernels"]["isa"]
     for b in (1, 4):
         x = _batches(1, batch=b, seed=10 + b)[0]
-        got = sess.run(None, {"input": x.numpy()})[0]
         with torch.no_grad():
             want = static(x).numpy()
+        got = fake.run({"input": x.numpy()})["logits"]
         assert got.shape == (b, 10)
         assert np.abs(got - want).max() < ORT_VS_TORCH_MAX_ABS
+        got_int = kernels.run({"input": x.numpy()})["logits"]
+        if not saturates:  # VNNI/AMX: 32-bit accumulation, the integer path agrees as closely as fake-quant
+            assert np.abs(got_int - want).max() < ORT_VS_TORCH_MAX_ABS
+    if saturates:
+        # no VNNI (measured, see hw.ort_int8_kernels): INC's U8 activations x S8 weights go through VPMADDUBSW, whose
+        # 16-bit pair sums saturate. That is ORT's documented behaviour, not an export bug: to_onnx measures it and says
+        # so rather than hiding it behind the fake-quant number. `make test-isa` runs this as an AVX2-only CPU anywhere.
+        assert "no VNNI" in parity["int8_kernels"]["note"]
+        assert parity["int8_kernels"]["max_abs"] > parity["fake_quant"]["max_abs"]
 
 
 def test_static_calib_fn_counts_batches_and_allows_eval(net):

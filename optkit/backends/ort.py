@@ -33,7 +33,10 @@ def _level(name: str):
             "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED, "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}[name]
 
 
-def session_options(threads: int = 1, level: str = "all", inter_op_threads: int = 1):
+def session_options(threads: int = 1, level: str = "all", inter_op_threads: int = 1, fake_quant: bool = False):
+    """ORT session options. ``fake_quant``: run QuantizeLinear/DequantizeLinear as the float ops they are
+    (``session.disable_quant_qdq``), i.e. what the ONNX graph means and what torch/TVM compute, instead of fusing
+    them into integer kernels whose results depend on the CPU (U8S8 saturates without VNNI)."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
@@ -44,16 +47,19 @@ def session_options(threads: int = 1, level: str = "all", inter_op_threads: int 
     so.log_severity_level = 3
     if threads == 1:
         so.add_session_config_entry("session.intra_op.allow_spinning", "1")
+    if fake_quant:
+        so.add_session_config_entry("session.disable_quant_qdq", "1")
     return so
 
 
 class OrtSession:
     """An ORT InferenceSession on the CPU EP, from a path or an in-memory ModelProto."""
 
-    def __init__(self, model: str | Path | onnx.ModelProto, threads: int = 1, level: str = "all", inter_op_threads: int = 1):
+    def __init__(self, model: str | Path | onnx.ModelProto, threads: int = 1, level: str = "all", inter_op_threads: int = 1,
+                 fake_quant: bool = False):
         import onnxruntime as ort
 
-        so = session_options(threads, level, inter_op_threads)
+        so = session_options(threads, level, inter_op_threads, fake_quant)
         self._tmp = None
         try:
             if isinstance(model, onnx.ModelProto):

@@ -302,6 +302,11 @@ def _ort_runner(model):
     so = ort.SessionOptions()
     so.intra_op_num_threads = 1
     so.log_severity_level = 4  # a failing run is reported as one ExportError, not ORT's multi-line log
+    # like with like: a quantized framework model computes Q/DQ as float fake-quant, so the export is checked with ORT
+    # running them as float ops too; ORT's fused integer kernels differ by CPU (U8S8 saturates without VNNI)
+    qdq = any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in model.graph.node)
+    if qdq:
+        so.add_session_config_entry("session.disable_quant_qdq", "1")
     ro = ort.RunOptions()
     ro.log_severity_level = 4
     tmp = tempfile.TemporaryDirectory(prefix="optkit-import-")
@@ -324,6 +329,8 @@ def _ort_runner(model):
                               "try the other --exporter or another --opset; --dynamic none exports static shapes") from e
 
     run.cleanup = tmp.cleanup
+    run.reference = ("onnxruntime, Q/DQ run as float fake-quant (session.disable_quant_qdq=1), as the framework computes "
+                     "them" if qdq else "onnxruntime (default session)")
     return run
 
 
@@ -429,6 +436,7 @@ def import_model(model, *, example_inputs=None, data=None, shapes: dict | None =
             runner = _ort_runner(onnx_model)
             try:
                 parity = _parity(src_outs, [runner(f) for f in feeds], rtol, atol)
+                parity["reference"] = runner.reference
                 if grown is not None and parity["passed"]:
                     dp = _parity([src.run(grown)], [runner(grown)], rtol, atol)
                     parity["dynamic_check"] = {"shapes": {k: list(v.shape) for k, v in grown.items()},

@@ -319,8 +319,39 @@ class QuantResult:
                              "inputs": [i.name for i in proto.graph.input],
                              "outputs": [o.name for o in proto.graph.output],
                              "quantize_linear": sum(n.op_type == "QuantizeLinear" for n in proto.graph.node),
-                             "dequantize_linear": sum(n.op_type == "DequantizeLinear" for n in proto.graph.node)}
+                             "dequantize_linear": sum(n.op_type == "DequantizeLinear" for n in proto.graph.node),
+                             "parity": self._ort_parity(path)}
         return path
+
+    def _ort_parity(self, path: Path) -> dict:
+        """The export run by ORT vs the torch model on the example inputs, like with like: ORT with Q/DQ as float ops
+        is the program torch ran (the export's correctness); ORT's fused integer kernels are what a default session
+        serves, and on CPUs without VNNI their U8S8 products saturate, so that deviation is measured and said apart."""
+        import numpy as np
+        import torch
+
+        from ..backends.ort import OrtSession
+        from ..hw import isa_label, ort_int8_kernels
+
+        with torch.no_grad():
+            want = self.model(*self._example_inputs)
+        want = [want] if isinstance(want, torch.Tensor) else list(want)
+        want = [np.asarray(w.detach().numpy(), np.float64) for w in want]
+        out: dict = {"feed": "the example inputs"}
+        for key, fake, what in (("fake_quant", True, "ORT with Q/DQ run as float (session.disable_quant_qdq=1): the "
+                                 "program torch ran"),
+                                ("int8_kernels", False, "ORT default session: Q/DQ fused into integer kernels")):
+            with OrtSession(path, fake_quant=fake) as s:
+                feed = {spec.name: np.asarray(x.detach().numpy()) for spec, x in zip(s.inputs, self._example_inputs)}
+                got = [np.asarray(v, np.float64) for v in s.run(feed).values()]
+            out[key] = {"reference": what, "max_abs": max(float(np.abs(g - w).max()) for g, w in zip(got, want)),
+                        "scale": max(float(np.abs(w).max()) for w in want)}
+        kern = ort_int8_kernels()
+        out["int8_kernels"].update({"isa": isa_label(), "u8s8_saturates": kern["u8s8_saturates"]})
+        if kern["u8s8_saturates"]:
+            out["int8_kernels"]["note"] = ("this CPU has no VNNI: ORT's U8S8 kernels saturate 16-bit pair sums, so the "
+                                           "integer path can differ from torch by more than quantization rounding")
+        return out
 
 
 # ---------------------------------------------------------------------------------------------------------------
