@@ -173,9 +173,13 @@ def optimize(model, recipe: str | Path | Recipe, *, data: str | Path | None = No
     if tolerance is not None and eval_data is None and not samples.synthetic:
         warn("--tolerance is judged on the calibration data (--data); pass --eval-data with held-out feeds for an "
              "honest judgment")
+    from .evaluate import Evaluator
+
+    evaluator = Evaluator.for_backend(targets[0], backend_opts, threads)  # every decision runs the model as served
     ctx = Context(samples=samples, shapes=dict(shapes or {}), threads=threads, cpu=cpu_features(),
-                  progress=progress or Progress(), warn=warn)
-    tuning = _tuning(m, rec, passes, evals, threads, tolerance, metric, budget, max_trials, force, warn)
+                  progress=progress or Progress(), warn=warn, evaluator=evaluator)
+    tuning = _tuning(m, rec, passes, evals, threads, tolerance, metric, budget, max_trials, force, warn, evaluator,
+                     targets[0])
     out_root = Path(output)
     started = time.perf_counter()
     with staged_version(out_root, name, version) as staged:
@@ -194,6 +198,8 @@ def optimize(model, recipe: str | Path | Recipe, *, data: str | Path | None = No
         extra = {"warn": warn} if "warn" in _inspect.signature(backend.compile).parameters else {}
         compiled = backend.compile(out_model, staged.stage / "compiled", backend_opts, threads, shapes=static_shapes, **extra)
         compiled["seconds"] = round(time.perf_counter() - t0, 3)
+        served = _served_check(targets[0], backend, backend_opts, staged.stage, out_model, compiled, threads, static_shapes,
+                               result, evals, eval_feeds)
         all_compiled = {targets[0]: compiled}
         for extra in targets[1:]:
             all_compiled[extra] = _compile_extra(extra, rec, out_model, staged.stage / f"compiled-{extra}", threads,
@@ -220,11 +226,15 @@ def optimize(model, recipe: str | Path | Recipe, *, data: str | Path | None = No
             "threads": threads,
             "optimize_seconds": round(time.perf_counter() - started, 3),
             "tolerance": ({"criterion": tuning.criterion.describe(), "metric": tuning.criterion.metric,
+                           "default_gate": tuning.default_gate,
                            "passed": not result.missed, "missed_by": result.missed,
                            "judged_on": evals.source + (" (calibration data)" if evals is samples else ""),
                            "trials": tuning.trials_run + sum(c.get("trials", 0) for c in candidates or [])}
                           if tuning.criterion else None),
             "guard": {"enabled": tuning.guard and tuning.probe is not None, "final": result.final_guard},
+            "evaluator": evaluator.to_dict(),
+            "served_check": served,
+            "int8": _int8_record(result.log),
             "candidates": candidates,
             "warnings": list(samples.warnings),
             "environment": environment(),
@@ -264,67 +274,161 @@ def _compile_extra(name, rec, model_path, out_dir, threads, shapes, warn) -> dic
 
 
 def _pick_candidate(prefix, candidates, ctx, tuning, original, on_pass, evals, eval_feeds):
-    """Run every candidate's passes on the prefix result; keep the fastest that meets the tolerance."""
+    """Run every candidate's passes on the prefix result; keep the fastest that meets the tolerance, where speeds are
+    told apart by 95% intervals: candidates that tie with the fastest go to the more accurate, then the simpler (the
+    earlier in the recipe). A candidate that crashes costs itself, not the run."""
     import dataclasses
 
-    rows, best = [], None
-    for cname, cpasses in candidates:
+    from .errors import OptkitError
+
+    rows, runs = [], []
+    for order, (cname, cpasses) in enumerate(candidates):
         if tuning.deadline is not None and time.monotonic() > tuning.deadline:
             rows.append({"candidate": cname, "skipped": "time budget spent"})
             continue
         own = dataclasses.replace(tuning, trials_run=0)  # each candidate gets the full trial budget
-        sub = Pipeline(cpasses, ctx, tuning=own, eval_samples=evals, max_check_feeds=eval_feeds).run(prefix.model)
-        speed = tuning.probe.speedup(original, sub.model) if tuning.probe is not None else None
+        try:
+            sub = Pipeline(cpasses, ctx, tuning=own, eval_samples=evals, max_check_feeds=eval_feeds).run(prefix.model)
+        except (OptkitError, Exception) as e:  # noqa: BLE001 - one candidate's failure is recorded, the others go on
+            what = e.what if isinstance(e, OptkitError) else f"{type(e).__name__}: {str(e).strip()[:300]}"
+            rows.append({"candidate": cname, "passes": [p.name for p in cpasses], "error": what, "passed": False})
+            continue
+        speed = tuning.probe.compare(original, sub.model) if tuning.probe is not None else None
         acc = sub.log[-1].get("vs_input", {}) if sub.log else {}
         row = {"candidate": cname, "passes": [p.name for p in cpasses], "passed": not sub.missed, "missed_by": sub.missed,
-               "speedup_vs_input": speed, "trials": own.trials_run, "cosine_vs_prefix": acc.get("cosine"),
-               "reverted": [e["pass"] for e in sub.log if e["status"] == "reverted"]}
-        tol = [e["tolerance"] for e in sub.log if "tolerance" in e]
-        if tol:
-            row["metric"] = {"name": tol[-1]["metric"], "value": tol[-1]["value"], "threshold": tol[-1]["threshold"]}
+               "speedup_vs_input": speed["median"] if speed else None, "trials": own.trials_run,
+               "cosine_vs_prefix": acc.get("cosine"), "reverted": [e["pass"] for e in sub.log if e["status"] == "reverted"]}
+        if speed:
+            row["speed"] = {k: speed[k] for k in ("median", "lo", "hi", "rounds", "verdict")}
+        judged = tuning.criterion.judge(prefix.reference_outputs, sub.outputs, evals.labels[:len(sub.outputs)]
+                                        if evals.labels else None, evals.feeds[:len(sub.outputs)]) \
+            if tuning.criterion is not None and sub.outputs else None
+        if judged is not None:
+            row["metric"] = {"name": judged["metric"], "value": judged["value"], "threshold": judged["threshold"],
+                             "margin": judged["margin"]}
+            row["passed"] = row["passed"] and judged["ok"]
         rows.append(row)
-        key = (row["passed"], speed or 0.0)
-        if best is None or key > best[0]:
-            best = (key, cname, sub)
-    _, chosen, sub = best
+        runs.append((order, cname, sub, row))
+    if not runs:
+        from .errors import PassError
+
+        raise PassError("every candidate failed: " + "; ".join(f"{r['candidate']}: {r.get('error', r.get('skipped'))}"
+                                                               for r in rows)[:600],
+                        "run a one-shot recipe (int8-ort, fp32-ort) or report the model")
+    chosen, why = _choose(runs)
     for row in rows:
-        row["chosen"] = row["candidate"] == chosen
+        row["chosen"] = row["candidate"] == chosen[1]
+        if row["chosen"]:
+            row["why"] = why
+    sub = chosen[2]
     for entry in sub.log:
-        entry["candidate"] = chosen
+        entry["candidate"] = chosen[1]
         if on_pass is not None:
             on_pass(entry)
     result = PipelineResult(sub.model, prefix.log + sub.log, prefix.reference_outputs, sub.outputs, sub.missed,
-                          sub.final_guard or prefix.final_guard)
+                            sub.final_guard or prefix.final_guard)
     return result, rows
 
 
-def _tuning(model, rec: Recipe, passes, samples, threads: int, tolerance, metric: str, budget, max_trials: int, force: bool,
-            warn):
-    from .tune import SpeedProbe, Tuning, make_criterion, parse_budget
+def _choose(runs: list[tuple]) -> tuple:
+    """(order, name, result, row) of the candidate to keep, and why."""
+    passing = [r for r in runs if r[3]["passed"]]
+    if not passing:  # nothing meets the tolerance: the closest miss is saved (and the run exits 5 unless --allow-miss)
+        best = max(runs, key=lambda r: (r[3].get("metric") or {}).get("margin", float("-inf")))
+        return best, "no candidate met the tolerance: kept the closest"
 
-    layered = [p.name for p in passes if p.tuning_kind == "layers"]
+    def speed(r, key):
+        sp = r[3].get("speed") or {}
+        return sp.get(key, r[3].get("speedup_vs_input") or 1.0)
+
+    fastest = max(passing, key=lambda r: speed(r, "median"))
+    ties = [r for r in passing if speed(r, "hi") >= speed(fastest, "lo")]
+    choice = max(ties, key=lambda r: ((r[3].get("metric") or {}).get("margin", 0.0), -len(r[3]["passes"]), -r[0]))
+    if choice is fastest:
+        return choice, "the fastest within the tolerance" + (f" ({len(ties) - 1} tie(s) on speed, less accurate)"
+                                                            if len(ties) > 1 else "")
+    return choice, (f"ties on speed with the fastest ({fastest[1]}: overlapping 95% intervals); kept the more accurate, "
+                    "then the simpler")
+
+
+def _tuning(model, rec: Recipe, passes, samples, threads: int, tolerance, metric: str, budget, max_trials: int, force: bool,
+            warn, evaluator=None, backend: str = "ort"):
+    """The gate and the search. Every lossy recipe runs behind a gate: 1% on the auto metric unless --tolerance says
+    otherwise (one-shot recipes keep their own configuration when it passes and search only to recover a miss)."""
+    from .evaluate import SpeedProbe
+    from .tune import Tuning, make_criterion, parse_budget
+
+    lossy = [p.name for p in passes if not p.exact] + [q.name for _, cps in rec.build_candidates() for q in cps
+                                                       if not q.exact] if rec.candidates else \
+        [p.name for p in passes if not p.exact]
+    explicit = tolerance is not None
     if tolerance is None and rec.candidates:
         tolerance = "1%"
         warn(f"recipe {rec.name!r} picks among candidates within a tolerance and none was given: using --tolerance 1%")
-    elif tolerance is None and layered and not force:
+    elif tolerance is None and lossy:
+        # no warning: the default gate is the normal case; the result line and the manifest say it was applied
         tolerance = "1%"
-        warn(f"{', '.join(layered)} run behind the accuracy gate and no --tolerance was given: using 1% "
-             "(--force applies the recipe's ratios/ranks as written)")
     crit = None
     if tolerance is not None:
-        _, outputs = signature(model)
-        logits = any(len(o.shape) == 2 and o.dtype.startswith("float") for o in outputs)
-        crit = make_criterion(tolerance, metric, samples.labels is not None, logits)
+        crit = make_criterion(tolerance, metric, model, samples.labels is not None)
     seconds = parse_budget(budget)
     if max_trials < 1:
         raise InputError(f"--max-trials must be >= 1, got {max_trials}", "give a positive number of trials")
     probe = None
-    if rec.backend == "ort":
-        probe = SpeedProbe(samples.feeds[0], threads)
+    if backend == "ort":
+        from .evaluate import Evaluator
+
+        probe = SpeedProbe(samples.feeds[0], evaluator or Evaluator(threads=threads))
     elif not force:
-        warn(f"performance guard measures on ONNX Runtime; it is off for backend {rec.backend!r}")
+        warn(f"performance guard measures on ONNX Runtime; it is off for backend {backend!r}")
     return Tuning(criterion=crit, max_trials=max_trials, deadline=time.monotonic() + seconds if seconds else None,
-                  guard=not force, probe=probe)
+                  guard=not force, probe=probe, search=explicit or bool(rec.candidates),
+                  default_gate=crit is not None and not explicit, layer_search=explicit or not force)
+
+
+def _served_check(name, backend, options, stage: Path, out_model: Path, compiled: dict, threads, shapes, result, evals,
+                  eval_feeds) -> dict:
+    """Open the artifact the way optkit.load will and require the outputs the accuracy gate judged: the gate and the
+    served program must be one program. A backend that built nothing here (TensorRT without a GPU) is said so."""
+    from .errors import PassError
+    from .metrics import compare, within
+
+    gated = result.outputs[:16]
+    if not gated:
+        return {"checked": False, "reason": "no feeds"}
+    if name == "trt" and not compiled.get("engine_built"):
+        return {"checked": False, "reason": "no TensorRT engine was built here; judged on ONNX Runtime with Q/DQ as float"}
+    if name == "ort":
+        path = stage / "compiled" / "model.ort.onnx"
+        path = path if path.is_file() else out_model
+    elif name == "tvm":
+        path = stage / "compiled"
+    else:
+        path = out_model
+    n = len(gated)
+    feeds = (evals.feeds[:eval_feeds])[:n]
+    with backend.load(path, threads=threads, options=options, shapes=shapes) as sess:
+        outs = [sess.run(f) for f in feeds]
+    d = compare(gated, outs)
+    rtol, atol, cos = (1e-3, 1e-4, 0.99999) if name == "ort" else (2e-2, 1e-3, 0.999)
+    ok = within(d, rtol, atol, cos)
+    rec = {"checked": True, "path": str(path.relative_to(stage)), "feeds": n, "max_abs": d["max_abs"],
+           "cosine": d["cosine"], "ok": ok}
+    if not ok:
+        raise PassError(f"the artifact as {name} serves it ({rec['path']}) gives other outputs than the model the accuracy "
+                        f"gate judged (max-abs {d['max_abs']:.3g}, cosine {d['cosine']:.6f})",
+                        "report the model; the gate's numbers would not describe what ships")
+    return rec
+
+
+def _int8_record(log: list[dict]) -> dict | None:
+    """INT8 types the quantizers used and the ISA they were chosen for (optkit.load warns on a host that differs)."""
+    from .hw import isa_label, ort_int8_kernels
+
+    used = [e["metrics"]["int8"] for e in log if e.get("status") == "ok" and "int8" in (e.get("metrics") or {})]
+    if not used:
+        return None
+    return {"passes": used, "built_on_isa": isa_label(), "u8s8_saturates_here": ort_int8_kernels()["u8s8_saturates"]}
 
 
 def _accuracy(result, samples) -> dict:

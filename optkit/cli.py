@@ -135,7 +135,7 @@ def optimize(
     version: Optional[int] = typer.Option(None, "--version", help="artifact version (default: next free)"),
     name: Optional[str] = typer.Option(None, "--name", help="artifact name (default: the model file's stem)"),
     tolerance: Optional[str] = typer.Option(None, "--tolerance", help="accuracy the lossy passes may lose: 1% (relative) or abs:0.005; turns on the search"),
-    metric: str = typer.Option("auto", "--metric", help="auto (top1 with labels, else cosine) | top1 | cosine | agreement | max_abs"),
+    metric: str = typer.Option("auto", "--metric", help="auto (a metric per output: argmax agreement/top-1 + cosine for class scores, pooled per-example cosine for token states, IoU for probability maps, per-step agreement for sequences) | top1 | agreement | cosine | max_abs | iou | step_agreement | OUTPUT=KIND,... (ignore leaves one out)"),
     budget: Optional[str] = typer.Option(None, "--budget", help="time budget for the search, e.g. 10m"),
     max_trials: int = typer.Option(24, "--max-trials", help="trials at most for the search"),
     allow_miss: bool = typer.Option(False, "--allow-miss", help="exit 0 even when no candidate meets --tolerance"),
@@ -208,19 +208,34 @@ def optimize(
         out.print(line, highlight=False)
     tol = man.get("tolerance")
     if tol:
-        out.print(f"tolerance {tol['criterion']}: {'[green]met[/]' if tol['passed'] else '[red]MISSED[/] by ' + ', '.join(tol['missed_by'])}"
+        gate = "accuracy gate (default)" if tol.get("default_gate") else "tolerance"
+        out.print(f"{gate} {tol['criterion']}: {'[green]met[/]' if tol['passed'] else '[red]MISSED[/] by ' + ', '.join(tol['missed_by'])}"
                   f" ({tol['trials']} trials, judged on {escape(tol['judged_on'])})", markup=True, highlight=False)
+        judged = next((e["tolerance"] for e in reversed(man["pass_log"]) if "tolerance" in e), None)
+        for name, o in ((judged or {}).get("outputs") or {}).items():
+            checks = ", ".join(f"{c['metric']} {c['value']:.4g} ({'>=' if not c['metric'].startswith('max_') else '<='} "
+                               f"{c['threshold']:.4g})" for c in o["checks"])
+            out.print(f"  output {escape(name)} judged as {o['kind']}: {checks}", highlight=False)
+        ev = man.get("evaluator") or {}
+        if ev.get("describe"):
+            out.print(f"  judged on: {escape(ev['describe'])}", highlight=False)
     for c in man.get("candidates") or []:
         if "skipped" in c:
             out.print(f"  candidate {c['candidate']}: skipped ({c['skipped']})", highlight=False)
             continue
         speed = f"{c['speedup_vs_input']:.2f}x" if c["speedup_vs_input"] is not None else "-"
+        if "error" in c:
+            out.print(f"  candidate {c['candidate']}: failed ({escape(c['error'])}); the other candidates went on",
+                      highlight=False)
+            continue
         out.print(f"  candidate {c['candidate']}: {speed} vs input, {'within' if c['passed'] else 'MISSES'} tolerance"
                   + (f", guard reverted {', '.join(c['reverted'])}" if c["reverted"] else "") + (" ← chosen" if c["chosen"] else ""),
                   highlight=False)
     final = (man.get("guard") or {}).get("final")
     if final:
-        out.print(f"performance guard: optimized model {final['speedup_vs_input']:.2f}x vs input"
+        iv = f" (95% interval {final['interval'][0]:.2f}-{final['interval'][1]:.2f}x, {final['verdict']})" \
+            if final.get("interval") else ""
+        out.print(f"performance guard: optimized model {final['speedup_vs_input']:.2f}x vs input{iv}"
                   + ("" if final["kept"] else f" - {final['note']}"), highlight=False)
     i, o = man["input"]["info"], man["output"]["info"]
     out.print(f"size {fmt_bytes(i['bytes'])} → {fmt_bytes(o['bytes'])}, nodes {i['nodes']} → {o['nodes']}, "
@@ -347,8 +362,11 @@ def bench(
     out.print(t)
     if "speedup" in res:
         sp = res["speedup"]
+        ci = sp.get("ci95") or [sp["min"], sp["max"]]
+        verdict = {"tie": "not separated from 1.0x: within this run's noise"}.get(sp.get("verdict"), sp.get("verdict", ""))
         out.print(f"speedup vs reference: [bold]{sp['median']:.2f}x[/] (median of {len(sp['rounds'])} alternating rounds, "
-                  f"range {sp['min']:.2f}-{sp['max']:.2f})", markup=True, highlight=False)
+                  f"95% interval {ci[0]:.2f}-{ci[1]:.2f}x, {verdict}; range {sp['min']:.2f}-{sp['max']:.2f})",
+                  markup=True, highlight=False)
     if "vs_reference" in acc:
         d = acc["vs_reference"]
         line = f"vs reference on {acc['feeds']} feed(s){' (synthetic)' if acc['synthetic'] else ''}: max-abs {d['max_abs']:.3g}, cosine {d['cosine']:.5f}"

@@ -62,8 +62,14 @@ def time_sessions(sessions: dict, feed: dict, *, rounds: int = 5, round_runs: in
 
 
 def speedup(ref_rounds: list[float], cand_rounds: list[float]) -> dict:
+    """Median of per-round ratios with its 95% distribution-free interval; 'verdict' says whether the interval
+    separates from 1.0 (faster / slower) or not (tie: within the noise of this run)."""
+    from .evaluate import median_ci
+
     ratios = [r / c for r, c in zip(ref_rounds, cand_rounds) if c > 0]
-    return {"median": float(np.median(ratios)), "min": float(min(ratios)), "max": float(max(ratios)), "rounds": ratios}
+    lo, hi = median_ci(ratios)
+    return {"median": float(np.median(ratios)), "min": float(min(ratios)), "max": float(max(ratios)), "rounds": ratios,
+            "ci95": [lo, hi], "verdict": "faster" if lo > 1.0 else "slower" if hi < 1.0 else "tie"}
 
 
 def resolve_target(target: str | Path) -> dict:

@@ -7,7 +7,6 @@ from dataclasses import dataclass, field
 
 import onnx
 
-from .backends.ort import OrtSession
 from .errors import PassError
 from .metrics import compare, top1, within
 from .model import model_bytes
@@ -29,9 +28,11 @@ class PipelineResult:
     final_guard: dict | None = None
 
 
-def run_model(model: onnx.ModelProto, feeds: list[dict], threads: int = 1) -> list[dict]:
-    with OrtSession(model, threads=threads, level="basic") as s:
-        return [s.run(f) for f in feeds]
+def run_model(model: onnx.ModelProto, feeds: list[dict], threads: int = 1, evaluator=None) -> list[dict]:
+    """Outputs of ``model`` on ``feeds`` as the deployed backend computes them (``optkit.evaluate``)."""
+    from .evaluate import Evaluator
+
+    return (evaluator or Evaluator(threads=threads)).run(model, feeds)
 
 
 class Pipeline:
@@ -49,7 +50,11 @@ class Pipeline:
         samples = self.eval_samples if self.eval_samples is not None else self.ctx.samples
         feeds = samples.feeds[: self.max_check_feeds] if samples is not None else []
         labels = samples.labels[: self.max_check_feeds] if samples is not None and samples.labels else None
-        ref_out = run_model(model, feeds, self.ctx.threads) if feeds else []
+        if self.ctx.evaluator is None:
+            from .evaluate import Evaluator
+
+            self.ctx.evaluator = Evaluator(threads=self.ctx.threads)
+        ref_out = self.ctx.evaluator.run(model, feeds) if feeds else []
         prev_out = ref_out
         log: list[dict] = []
         done: list[str] = []
@@ -79,7 +84,12 @@ class Pipeline:
             if outcome is not None:
                 entry["trials"] = outcome.trials
             if feeds:
-                new_out = run_model(new, feeds, self.ctx.threads)
+                try:
+                    new_out = self.ctx.evaluator.run(new, feeds)
+                except Exception as e:
+                    raise PassError(f"pass {p.name!r} produced a model the deployed runtime cannot run: "
+                                    f"{type(e).__name__}: {str(e).strip().splitlines()[0][:300] if str(e).strip() else ''}"
+                                    + _after(done), "drop the pass from the recipe or report the model") from e
                 vs_prev = compare(prev_out, new_out)
                 entry["vs_previous"] = without_outputs(vs_prev)
                 entry["vs_input"] = without_outputs(compare(ref_out, new_out))
@@ -94,7 +104,7 @@ class Pipeline:
                         "drop the pass from the recipe or report the model")
                 crit = self.tuning.criterion if self.tuning is not None else None
                 if crit is not None and not p.exact:
-                    judged = outcome.judged if outcome is not None and outcome.judged else crit.judge(ref_out, new_out, labels)
+                    judged = outcome.judged if outcome is not None and outcome.judged else crit.judge(ref_out, new_out, labels, feeds)
                     entry["tolerance"] = {**judged, "criterion": crit.describe()}
             entry["status"] = "ok"
             if self._guard_reverts(p, model, new, result, outcome, entry):
@@ -120,6 +130,8 @@ class Pipeline:
 
         if p.tuning_kind == "quantization":
             return tune.tune_quantization(p, model, self.ctx, ref_out, feeds, labels, t)
+        if p.tuning_kind == "layers" and not t.layer_search:
+            return None
         if p.tuning_kind == "layers":
             later_lossy = [q.name for q in self.passes[self.passes.index(p) + 1:] if not q.exact]
             if later_lossy:
@@ -138,27 +150,33 @@ class Pipeline:
         t = self.tuning
         if t is None or not t.guard or t.probe is None or p.exact or not result.modified:
             return False
-        speed = outcome.speedup if outcome is not None and outcome.speedup else t.probe.speedup(before, after)
-        entry["guard"] = {"speedup_vs_before": speed}
-        if speed >= 1.0:
+        speed = (outcome.trials and next((r.get("speed") for r in outcome.trials if r.get("chosen")), None)) \
+            if outcome is not None else None
+        speed = speed or t.probe.compare(before, after)
+        entry["guard"] = {"speedup_vs_before": speed["median"], "interval": [speed["lo"], speed["hi"]],
+                          "rounds": speed["rounds"], "verdict": speed["verdict"]}
+        if speed["verdict"] != "slower":  # only a slowdown the intervals can show is reverted
             return False
         entry["status"] = "reverted"
-        entry["notes"].append(f"performance guard: {speed:.2f}x vs the model before this pass (slower), so the pass "
-                              "was reverted; --force keeps it")
+        entry["notes"].append(f"performance guard: {speed['median']:.2f}x vs the model before this pass (95% interval "
+                              f"{speed['lo']:.2f}-{speed['hi']:.2f}x, slower), so the pass was reverted; --force keeps it")
         return True
 
     def _final_guard(self, out: PipelineResult, original: onnx.ModelProto) -> None:
         t = self.tuning
         if t is None or not t.guard or t.probe is None or not any(e.get("status") == "ok" and e.get("modified") for e in out.log):
             return
-        speed = t.probe.speedup(original, out.model)
-        out.final_guard = {"speedup_vs_input": speed, "kept": speed >= 1.0}
-        if speed < 1.0:
+        speed = t.probe.compare(original, out.model)
+        slower = speed["verdict"] == "slower"
+        out.final_guard = {"speedup_vs_input": speed["median"], "interval": [speed["lo"], speed["hi"]],
+                           "rounds": speed["rounds"], "verdict": speed["verdict"], "kept": not slower}
+        if slower:
             out.model = original
             out.outputs = out.reference_outputs
             out.missed = []
-            out.final_guard["note"] = (f"the optimized model ran {speed:.2f}x vs the input model (slower): the artifact "
-                                       "holds the input model unchanged; --force keeps the optimized one")
+            out.final_guard["note"] = (f"the optimized model ran {speed['median']:.2f}x vs the input model (95% interval "
+                                       f"{speed['lo']:.2f}-{speed['hi']:.2f}x, slower): the artifact holds the input "
+                                       "model unchanged; --force keeps the optimized one")
 
 
 def _after(done: list[str]) -> str:

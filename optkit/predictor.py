@@ -50,8 +50,17 @@ def backend_options(man: dict | None, backend: str):
 
 def load_path(artifact: Path, man: dict | None, model: Path, backend: str) -> Path:
     """What ``Backend.load`` gets: the compiled directory for an artifact compiled by that backend when the
-    backend loads compiled artifacts (TVM), else the ONNX model (ORT; TensorRT finds compiled/engine.plan itself)."""
-    if backend != "tvm" or man is None:
+    backend loads compiled artifacts (TVM), ORT's saved optimized graph (compiled/model.ort.onnx) when the artifact
+    has one, else the ONNX model (TensorRT finds compiled/engine.plan itself). optimize checks that what this returns
+    gives the outputs the accuracy gate judged."""
+    if man is None:
+        return model
+    if backend == "ort":
+        for d in ((artifact / "compiled") if artifact_backend(man) == "ort" else None, artifact / "compiled-ort"):
+            if d is not None and (d / "model.ort.onnx").is_file():
+                return d / "model.ort.onnx"
+        return model
+    if backend != "tvm":
         return model
     extra, compiled = artifact / f"compiled-{backend}", artifact / "compiled"
     if extra.is_dir():
@@ -59,6 +68,25 @@ def load_path(artifact: Path, man: dict | None, model: Path, backend: str) -> Pa
     if artifact_backend(man) == backend and compiled.is_dir():
         return compiled
     return model
+
+
+def isa_mismatch(man: dict | None) -> str | None:
+    """A warning when the artifact's INT8 types were chosen for a CPU whose ORT kernels accumulate in 32 bits (VNNI)
+    and this host's U8S8 kernels saturate: the accuracy the gate measured there does not hold here."""
+    rec = (man or {}).get("int8") or {}
+    if not rec or rec.get("u8s8_saturates_here"):
+        return None
+    risky = [u for u in rec.get("passes", []) if str(u.get("activation", "")).startswith("uint8")
+             and u.get("weight") == "int8" and not u.get("reduce_range")]
+    if not risky:
+        return None
+    from .hw import isa_label, ort_int8_kernels
+
+    if not ort_int8_kernels().get("u8s8_saturates"):
+        return None
+    return (f"this artifact's INT8 (U8 activations x S8 weights, 8-bit) was built and judged on {rec.get('built_on_isa')}; "
+            f"on this CPU ({isa_label()}) ONNX Runtime's U8S8 kernels saturate, so outputs can differ from what the gate "
+            "measured: re-run optimize on this CPU (it picks reduce_range) or bench it here first")
 
 
 class Predictor:
@@ -78,6 +106,11 @@ class Predictor:
             raise BackendUnavailable(f"cannot load {self.path} on backend {self.backend!r}: {st.get('reason')}",
                                      "use another --backend (ort runs everywhere)")
         target = load_path(self.path, self.manifest, self.model_path, self.backend) if self.path.is_dir() else self.model_path
+        self.isa_warning = isa_mismatch(self.manifest) if self.backend == "ort" else None
+        if self.isa_warning:
+            import warnings
+
+            warnings.warn(self.isa_warning, RuntimeWarning, stacklevel=3)
         self._session = be.load(target, threads=threads, options=backend_options(self.manifest, self.backend))
         self.inputs = list(self._session.inputs)
         self.outputs = list(self._session.outputs)

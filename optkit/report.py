@@ -493,8 +493,9 @@ def _artifact_html(a: dict, several: bool) -> str:
     if a.get("candidates"):
         o.append("<h3>Candidates</h3><table><tr><th class=l>candidate</th><th>speedup vs input</th><th class=l>tolerance</th><th class=l></th></tr>")
         for c in a["candidates"]:
-            if "skipped" in c:
-                o.append(f"<tr><td class=l>{_e(c['candidate'])}</td><td colspan=3 class=l>skipped: {_e(c['skipped'])}</td></tr>")
+            if "skipped" in c or "error" in c:
+                why = f"skipped: {c['skipped']}" if "skipped" in c else f"failed: {c['error']}"
+                o.append(f"<tr><td class=l>{_e(c['candidate'])}</td><td colspan=3 class=l>{_e(why)}</td></tr>")
                 continue
             sp = c.get("speedup_vs_input")
             o.append(f"<tr><td class=l>{_e(c['candidate'])}</td><td>{f'{sp:.2f}×' if sp else '-'}</td>"

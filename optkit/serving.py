@@ -700,7 +700,7 @@ def _judge_variants(src: Path, variants: list[dict], evals, criterion, max_feeds
             v.update(status="failed", reason=f"cannot run: {type(e).__name__}: {str(e).strip()[:300]}")
             continue
         v["model"], v["options"] = str(path), opts.to_dict()
-        verdict = criterion.judge(ref_out, outs, labels)
+        verdict = criterion.judge(ref_out, outs, labels, feeds)
         v["accuracy"] = {"criterion": criterion.describe(), "feeds": len(feeds), **verdict}
         if verdict["ok"]:
             v["status"] = "ok"
@@ -807,8 +807,7 @@ def tune(model_or_artifact, *, backends="ort", precisions="fp32,int8", threads=N
     for w in samples.warnings:
         warn(w)
     evals = get_samples(m, eval_data, shapes) if eval_data else samples
-    logits = any(len(o.shape) == 2 and o.dtype.startswith("float") for o in outputs)
-    criterion = make_criterion(tolerance, "auto", evals.labels is not None, logits)
+    criterion = make_criterion(tolerance, "auto", m, evals.labels is not None)
     # -- backends and variants
     unavailable, variants = [], []
     for b in be_names:

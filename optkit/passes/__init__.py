@@ -151,6 +151,9 @@ class Context:
     progress: Progress = field(default_factory=Progress)
     cpu: dict = field(default_factory=dict)
     warn: Callable[[str], None] = lambda msg: None
+    # runs a model the way the artifact will be served (optkit.evaluate.Evaluator), injected by the pipeline: a pass
+    # that needs outputs asks it instead of opening a backend itself
+    evaluator: Any = None
 
 
 class Pass:

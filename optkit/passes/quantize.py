@@ -146,7 +146,8 @@ class Int8Dynamic(Pass):
         skipped = sorted({n.op_type for n in model.graph.node} & set(cfg.skip_op_types)) if not cfg.op_types else []
         if skipped:
             notes.append(f"left in float: {', '.join(skipped)} (skip_op_types)")
-        return PassResult(out, notes=notes)
+        return PassResult(out, notes=notes, metrics={"int8": {"pass": self.name, "activation": "uint8 (dynamic)",
+                                                              "weight": wt, "reduce_range": rr, "why": why}})
 
 
 class _Reader:
@@ -235,4 +236,5 @@ class Int8Static(Pass):
         finally:
             ctx.progress.stop()
         notes.append(quantized_summary(model, out))
-        return PassResult(out, notes=notes)
+        return PassResult(out, notes=notes, metrics={"int8": {"pass": self.name, "activation": act, "weight": wt,
+                                                              "reduce_range": rr, "why": why}})
