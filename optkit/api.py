@@ -127,7 +127,8 @@ def optimize(model, recipe: str | Path | Recipe, *, data: str | Path | None = No
              warn=None, on_pass=None, tolerance: str | None = None, metric: str = "auto", budget: str | None = None,
              max_trials: int = 24, allow_miss: bool = False, force: bool = False,
              eval_data: str | Path | None = None, eval_feeds: int = 512, example_inputs=None,
-             import_options: dict | None = None, backends: str | list[str] | None = None) -> dict:
+             import_options: dict | None = None, backends: str | list[str] | None = None,
+             serve_isa: str | None = None) -> dict:
     """Run ``recipe`` on a model and write ``output/<name>/<version>/`` (model.onnx, compiled/, manifest.json).
 
     Returns the manifest (with ``artifact`` = the version directory). Validation happens before anything is
@@ -176,7 +177,8 @@ def optimize(model, recipe: str | Path | Recipe, *, data: str | Path | None = No
     from .evaluate import Evaluator
 
     evaluator = Evaluator.for_backend(targets[0], backend_opts, threads)  # every decision runs the model as served
-    ctx = Context(samples=samples, shapes=dict(shapes or {}), threads=threads, cpu=cpu_features(),
+    cpu = _serve_cpu(serve_isa)
+    ctx = Context(samples=samples, shapes=dict(shapes or {}), threads=threads, cpu=cpu,
                   progress=progress or Progress(), warn=warn, evaluator=evaluator)
     tuning = _tuning(m, rec, passes, evals, threads, tolerance, metric, budget, max_trials, force, warn, evaluator,
                      targets[0])
@@ -234,7 +236,7 @@ def optimize(model, recipe: str | Path | Recipe, *, data: str | Path | None = No
             "guard": {"enabled": tuning.guard and tuning.probe is not None, "final": result.final_guard},
             "evaluator": evaluator.to_dict(),
             "served_check": served,
-            "int8": _int8_record(result.log),
+            "int8": _int8_record(result.log, serve_isa),
             "candidates": candidates,
             "warnings": list(samples.warnings),
             "environment": environment(),
@@ -421,14 +423,29 @@ def _served_check(name, backend, options, stage: Path, out_model: Path, compiled
     return rec
 
 
-def _int8_record(log: list[dict]) -> dict | None:
+SERVE_ISAS = ("host", "avx2", "vnni")
+
+
+def _serve_cpu(serve_isa: str | None) -> dict:
+    """The CPU the INT8 types are chosen for: this host (measured), or the ISA the artifact will be served on."""
+    if serve_isa in (None, "host"):
+        return cpu_features()
+    if serve_isa not in SERVE_ISAS:
+        raise InputError(f"--serve-isa must be one of {', '.join(SERVE_ISAS)}; got {serve_isa!r}",
+                         "host (default), avx2 (no VNNI: 7-bit weights) or vnni (AVX-512/AVX VNNI, AMX)")
+    isa = {"avx2": True, "avx512_vnni": serve_isa == "vnni"}
+    return {**cpu_features(), "isa": isa, "serve_isa": serve_isa}
+
+
+def _int8_record(log: list[dict], serve_isa: str | None = None) -> dict | None:
     """INT8 types the quantizers used and the ISA they were chosen for (optkit.load warns on a host that differs)."""
     from .hw import isa_label, ort_int8_kernels
 
     used = [e["metrics"]["int8"] for e in log if e.get("status") == "ok" and "int8" in (e.get("metrics") or {})]
     if not used:
         return None
-    return {"passes": used, "built_on_isa": isa_label(), "u8s8_saturates_here": ort_int8_kernels()["u8s8_saturates"]}
+    return {"passes": used, "built_on_isa": isa_label(), "chosen_for": serve_isa or "host",
+            "u8s8_saturates_here": ort_int8_kernels()["u8s8_saturates"]}
 
 
 def _accuracy(result, samples) -> dict:

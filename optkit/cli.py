@@ -141,6 +141,7 @@ def optimize(
     allow_miss: bool = typer.Option(False, "--allow-miss", help="exit 0 even when no candidate meets --tolerance"),
     force: bool = typer.Option(False, "--force", help="keep passes that made the model slower (turns the performance guard off)"),
     backend: Optional[str] = typer.Option(None, "--backend", help="compile for these backends instead of the recipe's: tvm, ort,tvm,trt or all (then bench them side by side)"),
+    serve_isa: str = typer.Option("host", "--serve-isa", help="INT8 types for the CPU the model will be served on: host (measured here) | avx2 (no VNNI: 7-bit weights) | vnni"),
     module: Optional[str] = ModuleOpt,
     dtype: Optional[List[str]] = DtypeOpt,
     dynamic: Optional[str] = DynamicOpt,
@@ -180,7 +181,7 @@ def optimize(
     man = run(model, recipe, data=data, shapes=shapes, output=output, threads=threads, version=version, name=name,
               progress=progress, warn=_warn, on_pass=on_pass, tolerance=tolerance, metric=metric, budget=budget,
               max_trials=max_trials, allow_miss=allow_miss, force=force, eval_data=eval_data, import_options=imp_opts,
-              backends=backend)
+              backends=backend, serve_isa=serve_isa)
     if fmt == "json":
         _print_json(man)
         return

@@ -17,7 +17,9 @@ sqrt(2 t), the error a cosine of 1 - t allows at equal norms: cosine alone canno
 | float [batch, D] otherwise (embeddings)                          | embedding   | per-example cosine, minimum             |
 | float [batch, T, H] with a mask input                            | pooled      | per-example cosine of the states mean-  |
 |                                                                  |             | pooled over the mask, minimum           |
-| float rank 3 without a mask input (CTC / seq2seq scores)         | sequence    | per-step argmax agreement               |
+| float rank 3 named like a state/hidden/embedding                 | cosine      | per-feed cosine, minimum                |
+| float rank 3 in [0, 1] whose rows are not softmax (multi-label)  | map         | IoU thresholded at 0.5                  |
+| float rank 3 otherwise (CTC / seq2seq scores)                    | sequence    | per-step argmax agreement               |
 | float rank >= 4 with values in [0, 1] (probability maps)         | map         | IoU of the map thresholded at 0.5       |
 | float rank >= 4 otherwise                                        | cosine      | per-feed cosine, minimum                |
 | scalars, [batch] or [batch, 1]                                   | values      | max-abs relative to the output's range  |
@@ -68,12 +70,18 @@ def infer_kind(name: str, ref: list[np.ndarray], has_mask: bool, labels: bool) -
         if unit or _EMBED_NAME.search(name) or a.shape[-1] > 1000:
             return "embedding"
         return "classes"
-    if a.ndim == 3:
-        return "pooled" if has_mask else "sequence"
     vals = np.concatenate([np.asarray(r, np.float64).ravel() for r in ref])
-    if vals.size and vals.min() >= 0 and vals.max() <= 1:
-        return "map"
-    return "cosine"
+    unit_range = bool(vals.size and vals.min() >= 0 and vals.max() <= 1)
+    if a.ndim == 3:
+        if has_mask:
+            return "pooled"
+        if _EMBED_NAME.search(name):  # recurrent states, hidden states: no classes along the last axis
+            return "cosine"
+        if unit_range:  # softmax rows are per-step classes; independent sigmoids (multi-label frames) are a map
+            rows = np.concatenate([np.asarray(r, np.float64).reshape(-1, a.shape[-1]) for r in ref])
+            return "sequence" if np.allclose(rows.sum(-1), 1.0, atol=1e-3) else "map"
+        return "sequence"
+    return "map" if unit_range else "cosine"
 
 
 def parse_metric(text: str) -> tuple[str | None, dict[str, str]]:

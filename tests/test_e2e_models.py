@@ -85,7 +85,9 @@ def test_fused_encoder_where_bare_quantize_dynamic_fails(small_encoder, tmp_path
 @pytest.mark.parametrize("recipe", RECIPES)
 def test_opset12_cnn(cnn_opset12, tmp_path, recipe):
     path, data = cnn_opset12
-    man = optkit.optimize(path, recipe, data=data, output=tmp_path, force=True)
+    # random weights: the logits nearly tie, so the default 1% gate's argmax agreement can miss by one flip in 16 feeds;
+    # this test is about opset-12 handling (the gate itself is tested in test_gate.py)
+    man = optkit.optimize(path, recipe, data=data, output=tmp_path, force=True, allow_miss=True)
     assert man["input"]["info"]["opsets"]["ai.onnx"] == 12
     assert man["accuracy"]["vs_input"]["cosine"] > 0.99
     res = optkit.bench(man["artifact"], rounds=2, round_time=0.05)

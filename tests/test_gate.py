@@ -138,7 +138,8 @@ def test_token_states_are_pooled_over_the_mask_and_judged_per_example():
 def test_dense_maps_sequences_and_integers_each_get_their_kind():
     prob_map = np.clip(np.random.default_rng(0).random((1, 1, 8, 8)), 0, 1).astype(np.float32)
     assert infer_kind("maps", [prob_map], False, False) == "map"
-    assert infer_kind("logits", [np.zeros((20, 1, 30), np.float32)], False, False) == "sequence"
+    assert infer_kind("logits", [np.random.default_rng(1).standard_normal((20, 1, 30)).astype(np.float32)], False,
+                      False) == "sequence"
     assert infer_kind("ids", [np.zeros((1, 5), np.int64)], False, False) == "exact"
     shifted = prob_map.copy()
     shifted[prob_map >= 0.5] = 0.0  # every positive pixel lost
@@ -224,3 +225,12 @@ def test_load_warns_when_the_artifact_was_judged_on_a_cpu_whose_int8_kernels_dif
         p = optkit.load(tmp_path / "out" / "m" / "1")
     said = [str(w.message) for w in seen if "saturate" in str(w.message)]
     assert bool(said) == bool(ort_int8_kernels()["u8s8_saturates"]) and bool(p.isa_warning) == bool(said)
+
+
+def test_serve_isa_picks_int8_types_for_the_cpu_that_will_serve(tmp_path):
+    model = _mlp(tmp_path / "m.onnx")
+    data = _feeds(tmp_path / "d.npz")
+    for isa, rr in (("avx2", True), ("vnni", False)):
+        man = optkit.optimize(model, STATIC_ONLY, data=data, output=tmp_path / isa, force=True, allow_miss=True,
+                              serve_isa=isa)
+        assert man["int8"]["chosen_for"] == isa and man["int8"]["passes"][0]["reduce_range"] is rr
