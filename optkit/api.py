@@ -12,7 +12,7 @@ from .artifact import MANIFEST, MANIFEST_SCHEMA, staged_version, write_json
 from .backends import get_backend
 from .data import get_samples, resolve_shapes
 from .env import environment
-from .errors import InputError, ToleranceMiss
+from .errors import InputError, PassError, ToleranceMiss
 from .hw import cpu_features
 from .metrics import top1
 from .model import load_model, model_files, model_info, save_model, sha256_file, signature
@@ -312,13 +312,18 @@ def _pick_candidate(prefix, candidates, ctx, tuning, original, on_pass, evals, e
     """Run every candidate's passes on the prefix result; keep the fastest that meets the tolerance."""
     import dataclasses
 
-    rows, best = [], None
+    rows, best, refused = [], None, []
     for cname, cpasses in candidates:
         if tuning.deadline is not None and time.monotonic() > tuning.deadline:
             rows.append({"candidate": cname, "skipped": "time budget spent"})
             continue
         own = dataclasses.replace(tuning, trials_run=0)  # each candidate gets the full trial budget
-        sub = Pipeline(cpasses, ctx, tuning=own, eval_samples=evals, max_check_feeds=eval_feeds).run(prefix.model)
+        try:
+            sub = Pipeline(cpasses, ctx, tuning=own, eval_samples=evals, max_check_feeds=eval_feeds).run(prefix.model)
+        except PassError as e:  # a candidate that refuses this model (INT8 on float16 compute, say) is skipped, said why
+            rows.append({"candidate": cname, "skipped": str(e)})
+            refused.append(e)
+            continue
         speed = tuning.probe.speedup(original, sub.model) if tuning.probe is not None else None
         acc = sub.log[-1].get("vs_input", {}) if sub.log else {}
         row = {"candidate": cname, "passes": [p.name for p in cpasses], "passed": not sub.missed, "missed_by": sub.missed,
@@ -331,6 +336,10 @@ def _pick_candidate(prefix, candidates, ctx, tuning, original, on_pass, evals, e
         key = (row["passed"], speed or 0.0)
         if best is None or key > best[0]:
             best = (key, cname, sub)
+    if best is None:
+        if refused:
+            raise refused[0]
+        raise PassError("no candidate ran (time budget spent)", "raise --budget")
     _, chosen, sub = best
     for row in rows:
         row["chosen"] = row["candidate"] == chosen

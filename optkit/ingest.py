@@ -89,11 +89,39 @@ def _fix_nonpositive_dims(model: onnx.ModelProto) -> int:
     return count
 
 
+def _replace_image_scaler(model: onnx.ModelProto) -> int:
+    """``ImageScaler`` (experimental, gone after opset 9, no version-converter schema; in zoo models such as
+    tiny-YOLOv2) -> ``Mul`` by its scale and ``Add`` of its per-channel bias, the op's definition."""
+    g, count = model.graph, 0
+    new_nodes = []
+    for n in g.node:
+        if n.op_type != "ImageScaler" or n.domain not in ("", "ai.onnx"):
+            new_nodes.append(n)
+            continue
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in n.attribute}
+        base = n.name or n.output[0]
+        scale = np.array(attrs.get("scale", 1.0), np.float32)
+        bias = np.asarray(attrs.get("bias", [0.0]), np.float32).reshape(1, -1, 1, 1)
+        s_name, b_name, mid = f"{base}__scale", f"{base}__bias", f"{base}__scaled"
+        g.initializer.extend([onnx.numpy_helper.from_array(scale, s_name), onnx.numpy_helper.from_array(bias, b_name)])
+        new_nodes += [onnx.helper.make_node("Mul", [n.input[0], s_name], [mid], name=f"{base}__mul"),
+                      onnx.helper.make_node("Add", [mid, b_name], [n.output[0]], name=f"{base}__add")]
+        count += 1
+    if count:
+        del g.node[:]
+        g.node.extend(new_nodes)
+    return count
+
+
 def _upgrade_opset(model: onnx.ModelProto, notes: list[str]) -> onnx.ModelProto:
     opset = opsets(model).get("ai.onnx")
     if opset is None or opset >= MIN_OPSET:
         return model
     from onnx import version_converter
+
+    scalers = _replace_image_scaler(model)
+    if scalers:
+        notes.append(f"ImageScaler (removed after opset 9) -> Mul+Add: {scalers}")
 
     try:
         out = version_converter.convert_version(model, MIN_OPSET)
