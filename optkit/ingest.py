@@ -113,6 +113,17 @@ def _replace_image_scaler(model: onnx.ModelProto) -> int:
     return count
 
 
+def _drop_initializer_inputs(model: onnx.ModelProto, notes: list[str]) -> None:
+    """The IR-3 step alone, on the proto (the fallback when onnx_ir cannot read the model)."""
+    inits = {t.name for t in model.graph.initializer}
+    keep = [vi for vi in model.graph.input if vi.name not in inits]
+    if len(keep) != len(model.graph.input):
+        notes.append(f"{len(model.graph.input) - len(keep)} initializer(s) were also listed as graph inputs: removed "
+                     "from the inputs")
+        del model.graph.input[:]
+        model.graph.input.extend(keep)
+
+
 def _upgrade_opset(model: onnx.ModelProto, notes: list[str]) -> onnx.ModelProto:
     opset = opsets(model).get("ai.onnx")
     if opset is None or opset >= MIN_OPSET:
@@ -276,11 +287,14 @@ def normalize(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
         notes.append(f"{dims} dim(s) written as dim_value -1/0 -> symbolic dims (any size)")
     try:
         m = _ir_steps(m, notes)
-    except InputError:
-        raise
-    except Exception as e:
-        raise InputError(f"the model could not be normalized ({type(e).__name__}: {str(e).strip().splitlines()[0][:200] if str(e).strip() else ''})",
-                         "check it with `optkit inspect` / onnx.checker, or report the model") from e
+    except Exception as e:  # onnx_ir cannot read something exotic: go on without these steps, and say so
+        first = str(e).strip().splitlines()[0][:160] if str(e).strip() else ""
+        notes.append(f"skipped the initializer/Constant/Identity/Cast/name steps: onnx_ir could not read the model "
+                     f"({type(e).__name__}: {first})")
+        _drop_initializer_inputs(m, notes)
+        if any(_bad_names(m)):
+            _unique_node_names(m)
+            notes.append("node names made unique")
     if m.ir_version < 4:
         m.ir_version = 4  # IR 3's "initializers are inputs" rule is gone; the opset upgrade below needs IR >= 4
     m = _upgrade_opset(m, notes)

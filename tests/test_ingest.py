@@ -306,6 +306,19 @@ def test_duplicate_names_in_one_graph():
     ort.InferenceSession(out.SerializeToString(), providers=["CPUExecutionProvider"])
 
 
+def test_onnx_ir_failure_falls_back(built, monkeypatch):
+    """If onnx_ir cannot read a model, the proto-level steps still run and the note says what was skipped."""
+    import optkit.ingest as ing
+
+    def boom(m, notes):
+        raise ValueError("unsupported thing")
+
+    monkeypatch.setattr(ing, "_ir_steps", boom)
+    m, notes = normalize(onnx.load(str(built["ir3_opset9"][0])))
+    assert [i.name for i in m.graph.input] == ["data"] and m.opset_import[0].version == 13
+    assert "onnx_ir could not read the model (ValueError: unsupported thing)" in notes[0]
+
+
 def test_neg_dims_are_symbolic(built):
     m, notes = normalize(onnx.load(str(built["neg_dims"][0])))
     inputs, outputs = signature(m)
