@@ -303,8 +303,8 @@ def normalize(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
     if flow:
         kinds = collections.Counter(n.op_type for n in flow)
         notes.append("control flow " + ", ".join(f"{k}x{v}" for k, v in sorted(kinds.items()))
-                     + ": names, constants and dims normalized inside the subgraphs too; passes transform the main "
-                     "graph and leave subgraph bodies as they are")
+                     + ": names, constants and dims normalized inside the subgraphs too; INT8, prune and low-rank "
+                     "rewrite the main graph only and leave subgraph bodies in float (fp16 converts them too)")
     fp16 = float16_compute(m)
     if fp16:
         notes.append(f"float16 weights used directly by {len(fp16)} node(s) (e.g. {fp16[0]}): int8 passes refuse "
