@@ -231,6 +231,14 @@ def _fold_casts(model) -> int:
 
 
 def _ir_steps(model: onnx.ModelProto, notes: list[str]) -> onnx.ModelProto:
+    """The onnx_ir steps; ``notes`` gets their lines only when all of them went through."""
+    mine: list[str] = []
+    out = _ir_steps_inner(model, mine)
+    notes.extend(mine)
+    return out
+
+
+def _ir_steps_inner(model: onnx.ModelProto, notes: list[str]) -> onnx.ModelProto:
     import onnx_ir as ir
     from onnx_ir.passes import common as P
 
