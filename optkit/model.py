@@ -217,9 +217,12 @@ def infer_value_shapes(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]
     m = fix_dims(model, shapes or {})
     # value_info / outputs left by the exporter keep the symbolic dims (seq, ...) and onnx shape inference does
     # not override them: drop them so the fixed input dims propagate (else FLOPs of an encoder read as 0)
+    static = [vi for vi in m.graph.value_info if _is_static(vi)]
     del m.graph.value_info[:]
+    m.graph.value_info.extend(static)
     for vi in m.graph.output:
-        vi.type.tensor_type.ClearField("shape") if vi.type.HasField("tensor_type") else None
+        if vi.type.HasField("tensor_type") and not _is_static(vi):
+            vi.type.tensor_type.ClearField("shape")
     if tensor_bytes(m) >= EXTERNAL_DATA_THRESHOLD:  # shape inference needs a serializable proto
         for t in m.graph.initializer:
             t.ClearField("raw_data")
@@ -235,6 +238,11 @@ def infer_value_shapes(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]
     for t in m.graph.initializer:
         out[t.name] = tuple(int(d) for d in t.dims)
     return out
+
+
+def _is_static(vi: onnx.ValueInfoProto) -> bool:
+    return vi.type.HasField("tensor_type") and vi.type.tensor_type.HasField("shape") and all(
+        d.HasField("dim_value") and d.dim_value > 0 for d in vi.type.tensor_type.shape.dim)
 
 
 _MATMUL_LIKE = {"MatMul", "MatMulInteger", "QLinearMatMul", "com.microsoft.MatMulIntegerToFloat",
