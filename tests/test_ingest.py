@@ -129,6 +129,27 @@ def if_subgraph():
                   [helper.make_tensor_value_info("y", F, ["batch", 8])], inits), None
 
 
+def loop_subgraph():
+    """A Loop (3 iterations of tanh(v @ W), W from the outer scope) between two quantizable MatMul blocks; unnamed."""
+    pre, inits = _mlp_tail("x", out="h0", classes=16, prefix="pre_")
+    body = helper.make_graph(
+        [helper.make_node("Identity", ["cond_in"], ["cond_out"]),
+         helper.make_node("MatMul", ["v_in", "wl"], ["mm"]),
+         helper.make_node("Tanh", ["mm"], ["v_out"])],
+        "body", [helper.make_tensor_value_info("i", TensorProto.INT64, []),
+                 helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+                 helper.make_tensor_value_info("v_in", F, ["batch", 16])],
+        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("v_out", F, ["batch", 16])])
+    nodes = [*pre, helper.make_node("Loop", ["trips", "keep_going", "h0"], ["v"], body=body),
+             helper.make_node("MatMul", ["v", "w_out"], ["y"])]
+    for n in nodes:
+        n.name = ""
+    inits += [("wl", _w(16, 16)), ("w_out", _w(16, 8)), ("trips", np.array(3, np.int64)), ("keep_going", np.array(True))]
+    return _model(nodes, [helper.make_tensor_value_info("x", F, ["batch", 16])],
+                  [helper.make_tensor_value_info("y", F, ["batch", 8])], inits), None
+
+
 def fp16_weights():
     """float16 initializers cast to float32 before use (fp16-stored exports)."""
     tail, inits = _mlp_tail("x")
@@ -162,6 +183,7 @@ def external_data():
 
 CONSTRUCTS = {"ir3_opset9": ir3_opset9, "neg_dims": neg_dims, "scalar_input": scalar_input,
               "constant_weights": constant_weights, "identity_weights": identity_weights, "if_subgraph": if_subgraph,
+              "loop_subgraph": loop_subgraph,
               "fp16_weights": fp16_weights, "mixed_outputs": mixed_outputs, "external_data": external_data}
 
 
@@ -420,6 +442,8 @@ def test_scalar_feeds(built, tmp_path):
     as_list = tmp_path / "list.npz"
     np.savez(as_list, x=np.ones((2, 16), np.float32), sr=np.array([8000]))
     assert load_samples(as_list, m).feeds[0]["sr"].shape == ()
+    man = optimize(path, "fp32-ort", data=single, output=tmp_path / "o")  # the issue's case: one feed, a scalar
+    assert man["shapes"]["sr"] == [] and man["accuracy"]["vs_input"]["max_abs"] < 1e-5
     syn = synthetic_samples(m)
     assert syn.feeds[0]["sr"].shape == () and syn.feeds[0]["x"].shape == (1, 16)
     b = s.batched(4)
