@@ -12,10 +12,10 @@ from .artifact import MANIFEST, MANIFEST_SCHEMA, staged_version, write_json
 from .backends import get_backend
 from .data import get_samples, resolve_shapes
 from .env import environment
-from .errors import InputError, ToleranceMiss
+from .errors import InputError, PassError, ToleranceMiss
 from .hw import cpu_features
 from .metrics import top1
-from .model import load_model, model_info, save_model, sha256_file, signature
+from .model import load_model, model_files, model_info, save_model, sha256_file, signature
 from .passes import Context, Progress
 from .pipeline import Pipeline, PipelineResult, without_outputs
 from .recipe import Recipe, load_recipe
@@ -30,17 +30,40 @@ def inspect(model: str | Path, shapes: dict | None = None) -> dict:
     path = Path(model)
     m = load_model(path)
     inputs, _ = signature(m)
-    try:
-        static = resolve_shapes(inputs, shapes)
-        note = None
-    except InputError as e:  # FLOPs need static shapes; inspect still shows everything else
-        static, note = {}, f"FLOPs use 1 for unresolved symbolic dims ({e.what})"
+    static, unresolved = _flops_shapes(inputs, shapes)
     info = model_info(m, static)
-    info.update({"path": str(path), "file_bytes": path.stat().st_size, "sha256": sha256_file(path),
+    files = model_files(path)
+    info.update({"path": str(path), "file_bytes": sum(f.stat().st_size for f in files if f.exists()),
+                 "files": [str(f) for f in files], "sha256": sha256_file(path),
                  "flops_shapes": {k: list(v) for k, v in static.items()}})
-    if note:
-        info["flops"]["note"] = note
+    notes = [info["flops"]["note"]] if info["flops"].get("note") else []
+    if unresolved:
+        notes.insert(0, f"FLOPs use 1 for unresolved symbolic dims ({', '.join(unresolved)}); give --shape for real sizes")
+    if notes:
+        info["flops"]["note"] = "; ".join(notes)
     return info
+
+
+def _flops_shapes(inputs, shapes: dict | None) -> tuple[dict, list[str]]:
+    """Static input shapes for FLOPs: --shape where given, batch-like leading dims 1, and every other symbolic dim
+    set to 1 (named in the returned list) rather than dropped: an encoder's FLOPs at seq=1, never a silent 0."""
+    shapes = dict(shapes or {})
+    names = {s.name for s in inputs}
+    for name in shapes:
+        if name not in names:
+            raise InputError(f"--shape names unknown input {name!r}", f"the model's inputs are {sorted(names)}")
+    static, unresolved = {}, []
+    for s in inputs:
+        if s.name in shapes:  # a bad --shape is still an error
+            static.update(resolve_shapes([s], {s.name: shapes[s.name]}))
+            continue
+        try:
+            static.update(resolve_shapes([s], {}))
+        except InputError:
+            static[s.name] = tuple(d if isinstance(d, int) else 1 for d in s.shape)
+            unresolved += [f"{s.name}[{i}]={d if d is not None else '?'}" for i, d in enumerate(s.shape)
+                           if not isinstance(d, int)]
+    return static, unresolved
 
 
 def export(model, example_inputs=None, out: str | Path | None = None, *, data=None, shapes: dict | None = None,
@@ -164,10 +187,10 @@ def optimize(model, recipe: str | Path | Recipe, *, data: str | Path | None = No
     if not (isinstance(model, (str, Path)) and Path(model).suffix.lower() == ".onnx"):
         # a framework model: the import traces with the same data/shapes the pipeline will use
         import_options = {"data": data, "shapes": shapes, **(import_options or {})}
-    m, input_desc, import_info, name = _load_input(model, name, example_inputs, import_options, warn)
+    m_in, input_desc, import_info, name = _load_input(model, name, example_inputs, import_options, warn)
+    m, ingest_entry, samples = _ingest(m_in, model, data, shapes, threads)
     inputs, _ = signature(m)
-    samples = get_samples(m, data, shapes)
-    static_shapes = resolve_shapes(inputs, samples.shapes())
+    static_shapes = resolve_shapes(inputs, samples.shapes(), source=f"--data {Path(data).name}" if data else "--shape")
     for w in samples.warnings:
         warn(w)
     evals = get_samples(m, eval_data, shapes) if eval_data else samples
@@ -186,12 +209,16 @@ def optimize(model, recipe: str | Path | Recipe, *, data: str | Path | None = No
     started = time.perf_counter()
     with staged_version(out_root, name, version) as staged:
         if import_info is not None:  # the imported ONNX is the reference that bench compares with
-            save_model(m, staged.stage / "input.onnx")
+            save_model(m_in, staged.stage / "input.onnx")
             input_desc.update({"path": "input.onnx", "sha256": sha256_file(staged.stage / "input.onnx")})
+        if ingest_entry["modified"] and on_pass is not None:
+            on_pass(ingest_entry)
         result = Pipeline(passes, ctx, tuning=tuning, eval_samples=evals, max_check_feeds=eval_feeds).run(m, on_pass=on_pass)
         candidates = None
         if rec.candidates:
             result, candidates = _pick_candidate(result, rec.build_candidates(), ctx, tuning, m, on_pass, evals, eval_feeds)
+        if ingest_entry["modified"]:  # a clean model adds no row; its ingest entry is in the manifest's "ingest"
+            result.log.insert(0, ingest_entry)
         out_model = staged.stage / "model.onnx"
         save_model(result.model, out_model)
         t0 = time.perf_counter()
@@ -210,7 +237,8 @@ def optimize(model, recipe: str | Path | Recipe, *, data: str | Path | None = No
         manifest = {
             "schema": MANIFEST_SCHEMA,
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "input": {**input_desc, "info": model_info(m, static_shapes)},
+            "input": {**input_desc, "info": model_info(m_in, static_shapes)},
+            "ingest": ingest_entry,
             "import": import_info,
             "output": {"path": "model.onnx", "sha256": sha256_file(out_model), "info": model_info(result.model, static_shapes)},
             "recipe": rec.to_dict(),
@@ -256,6 +284,23 @@ def optimize(model, recipe: str | Path | Recipe, *, data: str | Path | None = No
     return manifest
 
 
+def _ingest(m_in, model, data, shapes, threads):
+    """optkit.ingest on the loaded model: normalized model, its pass-log entry, and the samples (built from the
+    normalized signature: -1 dims are symbolic there)."""
+    from .ingest import ingest
+
+    built = {}
+
+    def feeds_for(normalized):
+        built["samples"] = get_samples(normalized, data, shapes)
+        return built["samples"].feeds
+
+    src_files = model_files(model) if isinstance(model, (str, Path)) and Path(model).suffix.lower() == ".onnx" else None
+    m, entry = ingest(m_in, feeds_for, threads=threads, source_files=src_files)
+    samples = built.get("samples") or get_samples(m, data, shapes)
+    return m, entry, samples
+
+
 def _compile_extra(name, rec, model_path, out_dir, threads, shapes, warn) -> dict:
     """Compile for one more backend; one that cannot compile here is recorded with the reason, not fatal."""
     from .errors import BackendUnavailable, OptkitError
@@ -281,9 +326,9 @@ def _pick_candidate(prefix, candidates, ctx, tuning, original, on_pass, evals, e
     earlier in the recipe). A candidate that crashes costs itself, not the run."""
     import dataclasses
 
-    from .errors import OptkitError
+    from .errors import OptkitError, PassError
 
-    rows, runs = [], []
+    rows, runs, refused = [], [], []
     for order, (cname, cpasses) in enumerate(candidates):
         if tuning.deadline is not None and time.monotonic() > tuning.deadline:
             rows.append({"candidate": cname, "skipped": "time budget spent"})
@@ -291,7 +336,11 @@ def _pick_candidate(prefix, candidates, ctx, tuning, original, on_pass, evals, e
         own = dataclasses.replace(tuning, trials_run=0)  # each candidate gets the full trial budget
         try:
             sub = Pipeline(cpasses, ctx, tuning=own, eval_samples=evals, max_check_feeds=eval_feeds).run(prefix.model)
-        except (OptkitError, Exception) as e:  # noqa: BLE001 - one candidate's failure is recorded, the others go on
+        except PassError as e:  # a candidate that refuses this model (INT8 on float16 compute, say): skipped, said why
+            rows.append({"candidate": cname, "passes": [p.name for p in cpasses], "skipped": e.what, "passed": False})
+            refused.append(e)
+            continue
+        except Exception as e:  # noqa: BLE001 - a candidate that crashes costs itself, the others go on
             what = e.what if isinstance(e, OptkitError) else f"{type(e).__name__}: {str(e).strip()[:300]}"
             rows.append({"candidate": cname, "passes": [p.name for p in cpasses], "error": what, "passed": False})
             continue
@@ -312,11 +361,11 @@ def _pick_candidate(prefix, candidates, ctx, tuning, original, on_pass, evals, e
         rows.append(row)
         runs.append((order, cname, sub, row))
     if not runs:
-        from .errors import PassError
-
-        raise PassError("every candidate failed: " + "; ".join(f"{r['candidate']}: {r.get('error', r.get('skipped'))}"
-                                                               for r in rows)[:600],
-                        "run a one-shot recipe (int8-ort, fp32-ort) or report the model")
+        if refused and len(refused) == len(rows):
+            raise refused[0]
+        raise PassError("no candidate ran: " + "; ".join(f"{r['candidate']}: {r.get('error', r.get('skipped'))}"
+                                                         for r in rows)[:600],
+                        "raise --budget, run a one-shot recipe (int8-ort, fp32-ort), or report the model")
     chosen, why = _choose(runs)
     for row in rows:
         row["chosen"] = row["candidate"] == chosen[1]

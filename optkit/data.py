@@ -35,8 +35,12 @@ class Samples:
         return Samples(self.feeds[:n], self.labels[:n] if self.labels else None, self.synthetic, self.source)
 
     def batched(self, batch: int) -> "Samples":
-        """Regroup feeds into feeds of ``batch`` rows along axis 0 (drops a ragged tail)."""
-        names = list(self.feeds[0])
+        """Regroup feeds into feeds of ``batch`` rows along axis 0 (drops a ragged tail). Scalar (rank-0) inputs
+        have no batch axis: each new feed keeps the first feed's value."""
+        names = [k for k, v in self.feeds[0].items() if np.ndim(v) > 0]
+        scalars = {k: v for k, v in self.feeds[0].items() if np.ndim(v) == 0}
+        if not names:
+            return Samples(list(self.feeds), self.labels, self.synthetic, self.source)
         cat = {k: np.concatenate([f[k] for f in self.feeds], axis=0) for k in names}
         rows = cat[names[0]].shape[0]
         if rows < batch:
@@ -48,7 +52,7 @@ class Samples:
             labels = np.concatenate([labels] * (-(-rows // labels.shape[0])), axis=0)
         feeds, labs = [], []
         for i in range(0, rows - batch + 1, batch):
-            feeds.append({k: v[i:i + batch] for k, v in cat.items()})
+            feeds.append({**{k: v[i:i + batch] for k, v in cat.items()}, **scalars})
             if labels is not None:
                 labs.append(labels[i:i + batch])
         return Samples(feeds, labs if labels is not None else None, self.synthetic, self.source)
@@ -70,24 +74,28 @@ def parse_shape_args(items: list[str] | None) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def resolve_shapes(inputs: list[TensorSpec], shapes: dict[str, tuple[int, ...]] | None) -> dict[str, tuple[int, ...]]:
+def resolve_shapes(inputs: list[TensorSpec], shapes: dict[str, tuple[int, ...]] | None,
+                   source: str = "--shape") -> dict[str, tuple[int, ...]]:
     """Static shape per input: from ``shapes`` when given, else the model's dims with a batch-like
-    leading symbolic dim set to 1. Any other symbolic dim without a given shape is an error."""
+    leading symbolic dim set to 1. Any other symbolic dim without a given shape is an error.
+
+    ``source`` names where ``shapes`` came from in messages ('--shape', or the sample data); a rank-0 (scalar)
+    input has shape ``()``."""
     shapes = dict(shapes or {})
     names = {s.name for s in inputs}
     for name in shapes:
         if name not in names:
-            raise InputError(f"--shape names unknown input {name!r}", f"the model's inputs are {sorted(names)}")
+            raise InputError(f"{source} names unknown input {name!r}", f"the model's inputs are {sorted(names)}")
     out = {}
     for s in inputs:
         if s.name in shapes:
-            given = shapes[s.name]
+            given = tuple(shapes[s.name])
             if len(given) != len(s.shape):
-                raise InputError(f"--shape {s.name} has rank {len(given)}, the model expects rank {len(s.shape)} {_fmt(s.shape)}",
-                                 "give one value per dimension")
+                raise InputError(f"{source}: {s.name} has rank {len(given)}, the model expects rank {len(s.shape)} {_fmt(s.shape)}",
+                                 "give one value per dimension" + (" (none for a scalar input)" if not s.shape else ""))
             for i, (g, d) in enumerate(zip(given, s.shape)):
                 if isinstance(d, int) and d != g:
-                    raise InputError(f"--shape {s.name} sets dim {i} to {g}, but the model fixes it to {d}",
+                    raise InputError(f"{source}: {s.name} sets dim {i} to {g}, but the model fixes it to {d}",
                                      f"use {_fmt(s.shape)} with symbolic dims filled in")
             out[s.name] = tuple(given)
             continue
@@ -132,16 +140,18 @@ def synthetic_samples(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]
             shape, dt = static[s.name], np.dtype(s.dtype)
             lname = s.name.lower()
             if dt.kind == "f":
-                feed[s.name] = rng.standard_normal(shape).astype(dt)
+                feed[s.name] = np.asarray(rng.standard_normal(shape), dt)
             elif dt.kind == "b":
                 feed[s.name] = np.ones(shape, dt)
             elif "mask" in lname:
                 feed[s.name] = np.ones(shape, dt)
             elif "type" in lname or "segment" in lname:
                 feed[s.name] = np.zeros(shape, dt)
+            elif not shape and dt.kind in "iu":  # a scalar count/rate/size: 1 is valid where 0 may not be
+                feed[s.name] = np.asarray(1, dt)
             else:
                 high = _gather_vocab(model, s.name) or 2
-                feed[s.name] = rng.integers(0, high, size=shape).astype(dt)
+                feed[s.name] = np.asarray(rng.integers(0, high, size=shape), dt)
         feeds.append(feed)
     return Samples(feeds, None, synthetic=True, source="synthetic",
                    warnings=["no --data given: using synthetic random inputs; accuracy numbers are fidelity to "
@@ -177,6 +187,7 @@ def load_samples(path: str | Path, model: onnx.ModelProto, limit: int | None = N
                 f"--data {f.name} does not match the model inputs"
                 + (f": unknown {unknown}" if unknown else "") + (f", missing {missing}" if missing else ""),
                 f"name the arrays after the model inputs {sorted(specs)} (plus optional '{LABELS_KEY}')")
+        arrays = {k: _squeeze_scalar(specs[k], v, arrays, specs) for k, v in arrays.items()}
         stacked = {k: _is_stacked(specs[k], v) for k, v in arrays.items()}
         if len(set(stacked.values())) > 1:
             raise InputError(f"--data {f.name}: some arrays are stacked (extra leading axis) and some are not",
@@ -213,6 +224,34 @@ def _is_stacked(spec: TensorSpec, arr: np.ndarray) -> bool:
     return arr.ndim == len(spec.shape) + 1
 
 
+def _squeeze_scalar(spec: TensorSpec, arr: np.ndarray, arrays: dict[str, np.ndarray],
+                    specs: dict[str, TensorSpec]) -> np.ndarray:
+    """A scalar input saved as a 1-element array (``np.savez(sr=[16000])``) in an otherwise unstacked file is
+    the scalar itself, not a stack of one feed."""
+    if spec.shape or arr.shape != (1,):
+        return arr
+    others = [(specs[k], v) for k, v in arrays.items() if k != spec.name and specs[k].shape]
+    return arr.reshape(()) if others and not any(_is_stacked(sp, v) for sp, v in others) else arr
+
+
+def split_stacked(feed: dict[str, np.ndarray]) -> list[dict[str, np.ndarray]] | None:
+    """The feeds of a stacked feed (every array has a leading axis of the same length), or None when the arrays
+    cannot be a stack. Used where no signature tells the ranks (a framework model's --data)."""
+    if not feed or any(np.ndim(v) == 0 for v in feed.values()):
+        return None
+    counts = {np.shape(v)[0] for v in feed.values()}
+    if len(counts) != 1:
+        return None
+    count = counts.pop()
+    return [{k: as_array(v[i]) for k, v in feed.items()} for i in range(count)] if count else None
+
+
+def as_array(x, dtype=None) -> np.ndarray:
+    """A C-contiguous ndarray that keeps rank 0 (``np.ascontiguousarray`` turns a scalar into shape (1,))."""
+    a = np.asarray(x, dtype=dtype)
+    return a if a.flags.c_contiguous else np.ascontiguousarray(a)
+
+
 def _check_array(spec: TensorSpec, arr: np.ndarray, fname: str) -> None:
     if arr.ndim != len(spec.shape):
         raise InputError(f"--data {fname}: '{spec.name}' has shape {list(arr.shape)}, the model expects {_fmt(spec.shape)}",
@@ -230,7 +269,7 @@ def _check_array(spec: TensorSpec, arr: np.ndarray, fname: str) -> None:
 
 
 def _cast(spec: TensorSpec, arr: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(arr, dtype=np.dtype(spec.dtype))
+    return as_array(arr, np.dtype(spec.dtype))
 
 
 def get_samples(model: onnx.ModelProto, data: str | Path | None, shapes: dict[str, tuple[int, ...]] | None,

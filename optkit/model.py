@@ -145,8 +145,10 @@ def _spec(vi: onnx.ValueInfoProto) -> TensorSpec:
     tt = vi.type.tensor_type
     dims = []
     for d in tt.shape.dim:
-        if d.HasField("dim_value"):
+        if d.HasField("dim_value") and d.dim_value > 0:
             dims.append(int(d.dim_value))
+        elif d.HasField("dim_value"):  # -1 / 0 written by some exporters (Paddle) for "any size": symbolic
+            dims.append(None)
         elif d.HasField("dim_param") and d.dim_param:
             dims.append(d.dim_param)
         else:
@@ -164,6 +166,13 @@ def signature(model: onnx.ModelProto) -> tuple[list[TensorSpec], list[TensorSpec
     inputs = [_spec(v) for v in model.graph.input if v.name not in inits]
     outputs = [_spec(v) for v in model.graph.output]
     return inputs, outputs
+
+
+def float16_compute(model: onnx.ModelProto) -> list[str]:
+    """Main-graph nodes that compute on float16 weights directly (not through a Cast): what INT8 passes refuse."""
+    fp16 = {t.name for t in model.graph.initializer if t.data_type == onnx.TensorProto.FLOAT16}
+    return [f"{n.op_type} {n.name or n.output[0]!r}" for n in model.graph.node
+            if n.op_type != "Cast" and any(i in fp16 for i in n.input)]
 
 
 def op_histogram(model: onnx.ModelProto) -> dict[str, int]:
@@ -196,7 +205,8 @@ def fix_dims(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]) -> onnx
         dims = vi.type.tensor_type.shape.dim
         given = shapes.get(vi.name)
         for i, d in enumerate(dims):
-            value = given[i] if given is not None and i < len(given) else (d.dim_value if d.HasField("dim_value") else 1)
+            value = given[i] if given is not None and i < len(given) else (
+                d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else 1)
             d.Clear()
             d.dim_value = int(value)
     return m
@@ -205,6 +215,14 @@ def fix_dims(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]) -> onnx
 def infer_value_shapes(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]] | None = None) -> dict[str, tuple]:
     """Static shapes of every value after fixing the inputs (best effort; unknown values are absent)."""
     m = fix_dims(model, shapes or {})
+    # value_info / outputs left by the exporter keep the symbolic dims (seq, ...) and onnx shape inference does
+    # not override them: drop them so the fixed input dims propagate (else FLOPs of an encoder read as 0)
+    static = [vi for vi in m.graph.value_info if _is_static(vi)]
+    del m.graph.value_info[:]
+    m.graph.value_info.extend(static)
+    for vi in m.graph.output:
+        if vi.type.HasField("tensor_type") and not _is_static(vi):
+            vi.type.tensor_type.ClearField("shape")
     if tensor_bytes(m) >= EXTERNAL_DATA_THRESHOLD:  # shape inference needs a serializable proto
         for t in m.graph.initializer:
             t.ClearField("raw_data")
@@ -220,6 +238,11 @@ def infer_value_shapes(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]
     for t in m.graph.initializer:
         out[t.name] = tuple(int(d) for d in t.dims)
     return out
+
+
+def _is_static(vi: onnx.ValueInfoProto) -> bool:
+    return vi.type.HasField("tensor_type") and vi.type.tensor_type.HasField("shape") and all(
+        d.HasField("dim_value") and d.dim_value > 0 for d in vi.type.tensor_type.shape.dim)
 
 
 _MATMUL_LIKE = {"MatMul", "MatMulInteger", "QLinearMatMul", "com.microsoft.MatMulIntegerToFloat",
@@ -261,7 +284,10 @@ def flops(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]] | None = No
             continue
         total += f
         by_op[op] += f
-    return {"total": int(total), "by_op": dict(by_op), "nodes_without_shape": unknown}
+    out = {"total": int(total), "by_op": dict(by_op), "nodes_without_shape": unknown}
+    if unknown:  # never a silent undercount (or a silent 0)
+        out["note"] = f"{unknown} Conv/Gemm/MatMul node(s) have no static shape and are not counted"
+    return out
 
 
 def model_info(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]] | None = None) -> dict:
@@ -282,15 +308,17 @@ def model_info(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]] | None
 
 
 def toposort(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Reorder the main graph's nodes topologically (some converters append nodes at the end)."""
+    """Reorder the main graph's nodes topologically (some converters append nodes at the end); a node with
+    subgraphs comes after the producers of the outer-scope values its subgraphs read."""
     g = model.graph
     available = {i.name for i in g.input} | {t.name for t in g.initializer} | {""}
     pending = list(g.node)
+    needs = {id(n): set(n.input) | _outer_refs(n) for n in pending}
     ordered = []
     while pending:
         rest = []
         for n in pending:
-            if all(i in available for i in n.input):
+            if all(i in available for i in needs[id(n)]):
                 ordered.append(n)
                 available.update(n.output)
             else:
@@ -305,6 +333,19 @@ def toposort(model: onnx.ModelProto) -> onnx.ModelProto:
     del g.node[:]
     g.node.extend(nodes)
     return model
+
+
+def _outer_refs(node: onnx.NodeProto) -> set[str]:
+    """Names the node's subgraphs (If branches, Loop/Scan bodies) read from the enclosing scope."""
+    refs: set[str] = set()
+    for attr in node.attribute:
+        graphs = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)
+        for sub in graphs:
+            local = {i.name for i in sub.input} | {t.name for t in sub.initializer} | {""}
+            for n in sub.node:
+                refs |= {i for i in set(n.input) | _outer_refs(n) if i not in local}
+                local |= set(n.output)
+    return refs
 
 
 def node_attr(node: onnx.NodeProto, name: str, default=None):

@@ -125,7 +125,9 @@ class Predictor:
         missing = [s.name for s in self.inputs if s.name not in feeds]
         if missing:
             raise InputError(f"missing input(s) {missing}", f"the model's inputs are {[s.name for s in self.inputs]}")
-        feeds = {s.name: np.ascontiguousarray(feeds[s.name], dtype=np.dtype(s.dtype)) for s in self.inputs}
+        from .data import as_array  # keeps rank-0 (scalar) inputs rank 0
+
+        feeds = {s.name: as_array(feeds[s.name], np.dtype(s.dtype)) for s in self.inputs}
         return self._session.run(feeds)
 
     __call__ = run

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ExportError, InputError
+from ..data import as_array
 from ..model import TensorSpec
 
 ONNX_SUFFIXES = (".onnx",)
@@ -199,9 +200,9 @@ def _read_npz_feeds(path: Path, order: list[str] | None, specs: dict[str, Tensor
         stacked = (labels is not None and labels.ndim == 2) or any(arrays[n].ndim == r + 1 for n, r in ranks.items() if n in arrays)
         if stacked:
             count = min(arrays[n].shape[0] for n in names)
-            feeds += [{n: np.ascontiguousarray(arrays[n][i]) for n in names} for i in range(count)]
+            feeds += [{n: as_array(arrays[n][i]) for n in names} for i in range(count)]
         else:
-            feeds.append({n: np.ascontiguousarray(arrays[n]) for n in names})
+            feeds.append({n: as_array(arrays[n]) for n in names})
         if len(feeds) >= limit:
             break
     return feeds[:limit]
@@ -229,6 +230,8 @@ def _example_feeds(src, example_inputs, data, shapes, dtypes, input_names, max_f
         feeds = _read_npz_feeds(Path(data), input_names or ([s.name for s in specs] if specs else None), spec_map,
                                 shapes, max_feeds)
         source = str(data)
+        if not specs and not shapes and len(feeds) == 1:
+            feeds = _unstack_if_needed(src, feeds, max_feeds)
     elif shapes or specs:
         from ..data import resolve_shapes
 
@@ -275,6 +278,25 @@ def _example_feeds(src, example_inputs, data, shapes, dtypes, input_names, max_f
                 if n in f:
                     f[n] = f[n].astype(dt)
     return feeds, source
+
+
+def _unstack_if_needed(src, feeds, max_feeds):
+    """Without a signature or --shape a stacked .npz (feeds x batch x ...) looks like one big feed: when the model
+    rejects it but accepts its first row, the file is a stack and each row is a feed."""
+    from ..data import split_stacked
+
+    try:
+        src.run(feeds[0])
+        return feeds
+    except InputError as e:
+        rows = split_stacked(feeds[0])
+        if not rows:
+            raise
+        try:
+            src.run(rows[0])
+        except InputError:
+            raise e from None
+        return rows[:max_feeds]
 
 
 def _grow(feed: dict[str, np.ndarray], dynamic: dict[str, dict[int, str]]) -> dict[str, np.ndarray]:

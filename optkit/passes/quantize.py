@@ -18,7 +18,7 @@ import onnx
 
 from ..errors import PassError
 from ..hw import int8_choice
-from ..model import EXTERNAL_DATA_THRESHOLD, opsets, save_model, tensor_bytes
+from ..model import EXTERNAL_DATA_THRESHOLD, float16_compute, opsets, save_model, tensor_bytes, toposort
 from . import Context, Pass, PassConfig, PassResult, option, register_pass
 
 _QTYPES = {"int8": "QInt8", "uint8": "QUInt8"}
@@ -29,6 +29,14 @@ def prepare_for_quantization(model: onnx.ModelProto, notes: list[str]) -> onnx.M
     understands com.microsoft fused ops (what quant_pre_process does)."""
     from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
 
+    fp16 = float16_compute(model)
+    if fp16:  # onnxruntime.quantization calibrates and quantizes float32 tensors only
+        raise PassError(f"INT8 quantization needs float32 weights, but {len(fp16)} node(s) compute on float16 weights "
+                        f"directly (e.g. {fp16[0]})", "use the fp16-ort or fp32-ort recipe, or export the model in float32")
+    flow = [f"{n.op_type} {n.name or n.output[0]!r}" for n in model.graph.node if n.op_type in ("If", "Loop", "Scan")]
+    if flow:
+        notes.append(f"subgraphs of {', '.join(flow[:3])}{' ...' if len(flow) > 3 else ''} are left in float "
+                     "(the main graph is quantized)")
     opset = opsets(model).get("ai.onnx", 13)
     if opset < 13:
         try:
@@ -95,7 +103,7 @@ def _run_quantizer(fn, model: onnx.ModelProto, **kwargs) -> onnx.ModelProto:
     # The value_info left by pre-processing (symbolic dims) made ORT pick slower kernels: a MiniLM-shaped
     # dynamic-INT8 encoder ran 15.3 ms with it and 11.9 ms without. ORT re-infers shapes when it loads.
     del out.graph.value_info[:]
-    return out
+    return toposort(out)  # ORT's sort ignores the outer-scope values If/Loop/Scan bodies read
 
 
 @dataclass(frozen=True)
