@@ -215,11 +215,12 @@ def _no_timing(monkeypatch):
     import importlib
 
     tune = importlib.import_module("optkit.tune")  # optkit.tune the attribute is the tune() function
-    def speedup(self, base, cand):  # quantized looks faster, so auto-ort picks (and the test checks) an INT8 candidate
+    def compare(self, base, cand):  # quantized looks faster, so auto-ort picks (and the test checks) an INT8 candidate
         q = sum(n.op_type in ("QuantizeLinear", "DynamicQuantizeLinear") for n in cand.graph.node)
-        return 1.0 + 0.1 * min(q, 1)
+        r = 1.0 + 0.1 * min(q, 1)
+        return {"median": r, "lo": r, "hi": r, "rounds": 6, "verdict": "faster" if r > 1 else "tie", "evaluator": "stub"}
 
-    monkeypatch.setattr(tune.SpeedProbe, "speedup", speedup)
+    monkeypatch.setattr(tune.SpeedProbe, "compare", compare)
 
 
 def _run(path: Path, feeds: list[dict]) -> list[dict]:
@@ -268,7 +269,11 @@ def test_construct_through_recipe(built, construct, recipe, tmp_path):
     assert man["accuracy"]["vs_input"]["cosine"] > 0.95
     if recipe == "auto-ort":
         assert all("passed" in c for c in man["candidates"]), man["candidates"]  # every candidate ran
-        assert next(c for c in man["candidates"] if c["chosen"])["candidate"] != "fp32"
+        # a faster (stubbed) INT8 candidate that meets the gate wins over fp32; on these random toys the per-output
+        # gate (argmax agreement on near-tie logits) can refuse every INT8 candidate, and then fp32 is right
+        chosen = next(c for c in man["candidates"] if c["chosen"])["candidate"]
+        if any(c.get("passed") and "int8" in c["candidate"] for c in man["candidates"]):
+            assert "int8" in chosen, man["candidates"]
     if "int8" in recipe:
         assert any("quantized ops: " in n and "none" not in n for e in log for n in e["notes"])
 
