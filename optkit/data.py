@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from .checks import check_finite
 from .errors import InputError
 from .model import TensorSpec, signature
 
@@ -169,6 +170,7 @@ def load_samples(path: str | Path, model: onnx.ModelProto, limit: int | None = N
         except Exception as e:
             raise InputError(f"cannot read --data file {f}: {type(e).__name__}",
                              "write it with numpy.savez(path, input_name=array, ...)") from e
+        check_finite(arrays, f"--data {f}")  # NaN/Inf: a data problem, said before any pass runs
         lab = arrays.pop(LABELS_KEY, None)
         unknown = sorted(set(arrays) - set(specs))
         missing = sorted(set(specs) - set(arrays))
@@ -181,6 +183,8 @@ def load_samples(path: str | Path, model: onnx.ModelProto, limit: int | None = N
         if len(set(stacked.values())) > 1:
             raise InputError(f"--data {f.name}: some arrays are stacked (extra leading axis) and some are not",
                              "stack all inputs the same way")
+        if any(stacked[k] and v.shape[0] == 0 for k, v in arrays.items()):
+            raise InputError(f"--data {f}: the stacked arrays hold 0 feeds", "stack at least one feed per input")
         for k, v in arrays.items():
             _check_array(specs[k], v[0] if stacked[k] else v, f.name)
         if any(stacked.values()):

@@ -651,7 +651,7 @@ def _build_variant(src: Path, src_sha: str, backend: str, precision: str, vdir: 
     """Build (or reuse) one variant with its recipe; the performance guard is off (the tuner decides speed per
     threads and batch size, so an INT8 model slower at batch 1 may still win at batch 32)."""
     from .api import optimize
-    from .artifact import read_manifest, versions
+    from .artifact import check, read_manifest, versions
     from .recipe import load_recipe
 
     recipe = RECIPES[(backend, precision)]
@@ -661,6 +661,7 @@ def _build_variant(src: Path, src_sha: str, backend: str, precision: str, vdir: 
     for v in reversed(versions(vdir)):
         try:
             man = read_manifest(vdir / str(v))
+            check(vdir / str(v), man)  # a cached variant whose files changed is rebuilt, never loaded
         except OptkitError:
             continue
         if _variant_matches(man, src_sha, json.loads(json.dumps(rdict)), data_path):
