@@ -345,6 +345,12 @@ def _manifest_problem(man) -> str | None:
         return f"output.path {man['output'].get('path')!r} is not a path inside the artifact"
     if not isinstance(man["recipe"].get("name"), str):
         return "no recipe.name"
+    for key in ("data", "backend", "backends", "user_shapes", "shapes", "accuracy", "import"):
+        if man.get(key) is not None and not isinstance(man[key], dict):
+            return f"{key!r} is a {type(man[key]).__name__}, not an object"
+    for key in ("path", "sha256"):
+        if man["input"].get(key) is not None and not isinstance(man["input"][key], str):
+            return f"input.{key} is not a string"
     files = man.get("files")
     if files is not None:
         if not isinstance(files, dict) or not all(_safe_rel(k) and isinstance(v, dict) and isinstance(v.get("sha256"), str)

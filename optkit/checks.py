@@ -41,6 +41,12 @@ def non_finite(arrays: dict[str, np.ndarray]) -> dict[str, int]:
 
 
 def check_finite(arrays: dict[str, np.ndarray], where: str) -> None:
+    """NaN/Inf values, or an array with no values at all (a 0-length axis), are a data problem named up front."""
+    empty = [k for k, v in arrays.items() if isinstance(v, np.ndarray) and v.size == 0]
+    if empty:
+        raise InputError(f"{where}: {', '.join(repr(k) for k in empty)} {'is' if len(empty) == 1 else 'are'} empty "
+                         f"(shape {list(arrays[empty[0]].shape)}: no feeds, or a 0-length axis)",
+                         "give at least one feed with data for every input")
     bad = non_finite(arrays)
     if bad:
         what = ", ".join(f"'{k}' holds {c} of {arrays[k].size}" for k, c in bad.items())

@@ -183,8 +183,6 @@ def load_samples(path: str | Path, model: onnx.ModelProto, limit: int | None = N
         if len(set(stacked.values())) > 1:
             raise InputError(f"--data {f.name}: some arrays are stacked (extra leading axis) and some are not",
                              "stack all inputs the same way")
-        if any(stacked[k] and v.shape[0] == 0 for k, v in arrays.items()):
-            raise InputError(f"--data {f}: the stacked arrays hold 0 feeds", "stack at least one feed per input")
         for k, v in arrays.items():
             _check_array(specs[k], v[0] if stacked[k] else v, f.name)
         if any(stacked.values()):

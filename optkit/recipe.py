@@ -104,6 +104,9 @@ def load_recipe(name_or_path: str | Path) -> Recipe:
         raise RecipeError(f"recipe {source} is not valid YAML: {str(e).splitlines()[0]}", "fix the YAML syntax") from e
     except RecursionError as e:
         raise RecipeError(f"recipe {source} is nested too deeply", "a recipe is a flat mapping of a few keys") from e
+    except ValueError as e:  # e.g. an integer with more digits than Python converts
+        raise RecipeError(f"recipe {source} holds a value YAML cannot convert ({str(e).splitlines()[0][:120]})",
+                          "fix the value") from e
     return parse_recipe(data, source, default_name=p.stem if source != f"builtin:{s}" else s)
 
 

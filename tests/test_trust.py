@@ -371,7 +371,7 @@ def test_empty_stack_bad_manifest_garbled_bench(tmp_path, base):
     np.savez(tmp_path / "empty.npz", input=np.zeros((0, 1, 3, 8, 8), np.float32))
     r = run_inproc("optimize", base["model"], "-r", base["recipe"], "--data", tmp_path / "empty.npz", "-o", tmp_path / "o")
     line = assert_clean_failure(r, tmp_path / "o")
-    assert r.returncode == 2 and "empty.npz" in line and "0 feeds" in line
+    assert r.returncode == 2 and "empty.npz" in line and "'input' is empty" in line and "no feeds" in line
 
     art = _optimize(base, tmp_path / "out")
     (art / "bench").mkdir()
