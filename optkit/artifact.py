@@ -251,6 +251,11 @@ def write_json(path: Path, data: dict) -> None:
 def write_text(path: Path, text: str) -> None:
     """Write a text file atomically (a unique temporary name beside it, fsynced, then renamed)."""
     path = Path(path)
+    for old in path.parent.glob(f".{glob_escape(path.name)}.*.tmp"):  # left by a killed writer
+        m = re.fullmatch(r"(\d+)-[0-9a-f]+", old.name[len(path.name) + 2:-4])
+        if m and not _alive(int(m.group(1)), "0"):
+            with contextlib.suppress(OSError):
+                old.unlink()
     tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(3)}.tmp")
     try:
         with open(tmp, "w", encoding="utf-8") as fh:
@@ -261,6 +266,12 @@ def write_text(path: Path, text: str) -> None:
     finally:
         with contextlib.suppress(OSError):
             tmp.unlink()
+
+
+def glob_escape(name: str) -> str:
+    import glob
+
+    return glob.escape(name)
 
 
 def _jsonable(o):

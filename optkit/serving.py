@@ -621,6 +621,10 @@ def _resolve_input(target, output, name):
     from .predictor import resolve_artifact
 
     p = Path(target)
+    if name is not None:
+        from .artifact import check_name
+
+        check_name(name)  # files go under OUTPUT/<name>/: one path component, never outside
     if not p.exists():
         raise InputError(f"{p} not found", "pass an ONNX model or an artifact directory (OUT/<name>/<version>)")
     if p.is_file():

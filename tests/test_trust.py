@@ -282,6 +282,10 @@ def test_name_is_one_path_component(tmp_path, base, name):
     assert not Path("/abs").exists()
     with pytest.raises(InputError, match="name"):
         optkit.optimize(base["model"], str(base["recipe"]), output=out, name=name, force=True)
+    from optkit.serving import _resolve_input  # optkit tune writes OUTPUT/<name>/tune
+
+    with pytest.raises(InputError, match="name"):
+        _resolve_input(base["model"], out, name)
 
 
 def test_name_symlink_out_of_output_is_refused(tmp_path, base):
@@ -321,6 +325,19 @@ def test_stale_staging_of_a_dead_owner_is_cleaned(tmp_path, base):
     assert art == base_dir / "1"
     left = sorted(p.name for p in base_dir.iterdir())
     assert left == sorted(["1", alive.name, legacy_new.name]), left
+
+
+def test_stale_import_and_json_temporaries_are_cleaned(tmp_path):
+    from optkit.api import _write_atomic
+    from optkit.artifact import write_json
+
+    dead = _dead_pid()
+    (tmp_path / f".optkit-import-{dead}-1-abcd").mkdir()
+    (tmp_path / f".optkit-import-{dead}-1-abcd" / "m.onnx").write_bytes(b"half")
+    (tmp_path / f".report.json.{dead}-a1b2c3.tmp").write_text("{half")
+    _write_atomic(onnx.load(str(tiny_cnn(tmp_path / "src" / "m.onnx"))), tmp_path / "m.onnx")
+    write_json(tmp_path / "report.json", {"a": 1})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "report.json", "src"]
 
 
 def test_staging_name_records_the_owner(tmp_path):
