@@ -167,10 +167,9 @@ def optimize(
 
     A PyTorch or TensorFlow MODEL is imported to ONNX first (with a parity check), as `optkit import` does."""
     from .api import optimize as run
-    from .data import parse_shape_args
-
     from .artifact import check_name
     from .checks import check_threads
+    from .data import parse_shape_args
 
     fmt = _check_format(fmt)
     check_threads(threads)
@@ -338,10 +337,9 @@ def bench(
 ):
     """Latency percentiles and accuracy of a model or artifact, alternating with its FP32 reference."""
     from .artifact import write_json
+    from .checks import check_threads
     from .measure import bench as run
     from .data import parse_shape_args
-
-    from .checks import check_threads
 
     fmt = _check_format(fmt)
     check_threads(threads)
@@ -713,7 +711,20 @@ def main(argv: list[str] | None = None) -> None:
         for s in (signal.SIGTERM, getattr(signal, "SIGHUP", None)):
             if s is not None and signal.getsignal(s) in (signal.SIG_DFL, None):
                 signal.signal(s, _on_signal)
-    app(args=args, prog_name="optkit")
+    try:
+        app(args=args, prog_name="optkit")
+    except SystemExit as e:
+        if e.code == 130:
+            # Interrupted. Exit 130 as documented: CPython 3.11 remembers a KeyboardInterrupt that passed through
+            # some C extensions even when optkit handled it, and would end the process with SIGINT instead (-2).
+            import atexit
+            import os
+
+            sys.stdout.flush()
+            sys.stderr.flush()
+            atexit._run_exitfuncs()
+            os._exit(130)
+        raise
 
 
 if __name__ == "__main__":

@@ -195,7 +195,8 @@ def test_cli_import_and_optimize_from_pt(tmp_path):
     assert res["reference"].endswith("input.onnx") and res["accuracy"]["vs_reference"]["cosine"] > 0.99
 
     # a failing import leaves no output behind and says so in one line
-    r = run_cli("import", tmp_path / "digits.pt", "--out", tmp_path / "bad.onnx", "--shape", "input=1x3x32x32")
+    r = run_cli("import", tmp_path / "digits.pt", "--out", tmp_path / "bad.onnx", "--shape", "input=1x3x32x32",
+                "--trust-pickle")
     assert r.returncode == 2 and "fails on the example inputs" in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "bad.onnx").exists()
     r = run_cli("optimize", tmp_path / "d.onnx", "--recipe", "int8-ort", "--module", "x:y")
