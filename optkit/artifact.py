@@ -394,7 +394,8 @@ def verify(artifact: Path, man: dict | None = None) -> dict:
     for rel, rec in sorted(files.items()):
         p = artifact / rel
         if not p.is_file() or not _inside(p, artifact):
-            rows.append({"path": rel, "expected": rec["sha256"], "sha256": None, "status": "missing"})
+            rows.append({"path": rel, "expected": rec["sha256"], "sha256": None,
+                         "status": "missing" if not p.is_file() else "outside the artifact (a symbolic link)"})
             continue
         got = _sha256(p)
         rows.append({"path": rel, "expected": rec["sha256"], "sha256": got, "bytes": p.stat().st_size,
@@ -417,8 +418,8 @@ def check(artifact: Path, man: dict | None = None) -> dict:
         first = bad[0]
         more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
         raise IntegrityError(f"artifact {artifact} failed verification: {first['path']} is {first['status']}"
-                             + (" since optimize sealed it" if first["status"] != "unexpected" else
-                                " (not written by optimize)") + more,
+                             + {"changed": " since optimize sealed it", "missing": " since optimize sealed it",
+                                "unexpected": " (not written by optimize)"}.get(first["status"], "") + more,
                              f"run `optkit verify {artifact}` for the list; re-run `optkit optimize` to rebuild it")
     return res
 

@@ -216,6 +216,16 @@ def test_compiled_files_missing_and_unexpected(tmp_path, base):
     assert "CHANGED" in r.stdout and "MISSING" in r.stdout and "UNEXPECTED" in r.stdout
 
 
+def test_sealed_file_swapped_for_a_symlink_out_of_the_artifact(tmp_path, base):
+    art = _optimize(base, tmp_path / "out")
+    same = tmp_path / "elsewhere.onnx"
+    same.write_bytes((art / "compiled" / "model.ort.onnx").read_bytes())  # identical bytes, but outside
+    (art / "compiled" / "model.ort.onnx").unlink()
+    (art / "compiled" / "model.ort.onnx").symlink_to(same)
+    with pytest.raises(IntegrityError, match="compiled/model.ort.onnx is outside the artifact"):
+        optkit.load(art)
+
+
 def test_external_data_files_are_sealed(tmp_path, base, monkeypatch):
     from onnx import helper, numpy_helper
 
