@@ -18,6 +18,7 @@ _LAZY = {
     "tune": ("optkit.serving", "tune"),
     "Predictor": ("optkit.predictor", "Predictor"),
     "bench": ("optkit.measure", "bench"),
+    "verify": ("optkit.artifact", "verify"),
     "load_recipe": ("optkit.recipe", "load_recipe"),
     "Recipe": ("optkit.recipe", "Recipe"),
     "Pipeline": ("optkit.pipeline", "Pipeline"),

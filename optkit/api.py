@@ -8,7 +8,7 @@ from pathlib import Path
 
 import onnx
 
-from .artifact import MANIFEST, MANIFEST_SCHEMA, staged_version, write_json
+from .artifact import MANIFEST_SCHEMA, check_name, seal, staged_version
 from .backends import get_backend
 from .data import get_samples, resolve_shapes
 from .env import environment
@@ -69,16 +69,20 @@ def _flops_shapes(inputs, shapes: dict | None) -> tuple[dict, list[str]]:
 def export(model, example_inputs=None, out: str | Path | None = None, *, data=None, shapes: dict | None = None,
            dtypes: dict | None = None, input_names=None, output_names=None, dynamic=None, opset: int | None = None,
            exporter: str = "auto", module: str | None = None, signature: str | None = None,
-           parity_tol: tuple[float, float] = (1e-3, 1e-4), warn=None):
+           parity_tol: tuple[float, float] = (1e-3, 1e-4), warn=None, trust_pickle: bool = False):
     """Bring a PyTorch/TensorFlow model (object or file) to ONNX, checked against the framework (see
     ``optkit.importers.import_model``). Returns an ``Imported`` (``.model``, ``.info``); with ``out`` the ONNX file is
-    also written there atomically (``info['path']``). ``parity_tol`` = (rtol, atol)."""
+    also written there atomically (``info['path']``). ``parity_tol`` = (rtol, atol).
+
+    ``trust_pickle``: allow files whose loading runs code from the file (a ``torch.save``d whole model, a
+    torch.export .pt2 program, a Keras Lambda layer). Off by default: such a file is refused with an error."""
     from .importers import import_model
 
     rtol, atol = parity_tol
     imp = import_model(model, example_inputs=example_inputs, data=data, shapes=shapes, dtypes=dtypes,
                        input_names=input_names, output_names=output_names, dynamic=dynamic, opset=opset,
-                       exporter=exporter, module=module, signature=signature, rtol=rtol, atol=atol, warn=warn)
+                       exporter=exporter, module=module, signature=signature, rtol=rtol, atol=atol, warn=warn,
+                       trust_pickle=trust_pickle)
     if out is not None:
         imp.info["path"] = str(_write_atomic(imp.model, Path(out)))
     return imp
@@ -88,16 +92,17 @@ def _write_atomic(model, out: Path) -> Path:
     """Write next to ``out`` under a temporary name, then rename: an interrupted write leaves no half file."""
     import os
     import shutil
-    import tempfile
 
-    from .artifact import check_writable
+    from .artifact import check_writable, clean_stale, make_temp_dir, sync_tree
 
     if out.suffix.lower() != ".onnx":
         raise InputError(f"--out {out} should end in .onnx", "name the output file model.onnx or similar")
     check_writable(out.parent)
-    tmp = Path(tempfile.mkdtemp(prefix=".optkit-import-", dir=out.parent))
+    clean_stale(out.parent, ".optkit-import-")
+    tmp = make_temp_dir(out.parent, ".optkit-import-")
     try:
         save_model(model, tmp / out.name)
+        sync_tree(tmp)
         for f in sorted(tmp.iterdir(), key=lambda f: f.name == out.name):  # data files first, the .onnx last
             os.replace(f, out.parent / f.name)
     finally:
@@ -120,7 +125,7 @@ def _load_input(model, name, example_inputs, import_options, warn):
     if not isinstance(model, (str, Path)) and not is_framework_object(model):
         raise InputError(f"optimize takes an ONNX/PyTorch/TensorFlow model or file, not a {type(model).__name__}",
                          "pass a path or a torch.nn.Module / Keras model")
-    imp = export(model, example_inputs, warn=warn, **opts)
+    imp = export(model, example_inputs, warn=warn, **opts)  # trust_pickle, if given, is one of opts
     if isinstance(model, (str, Path)):
         src = Path(model)
         desc = {"source_path": str(src.resolve()), "source_sha256": _source_sha(src)}
@@ -168,7 +173,7 @@ def optimize(model, recipe: str | Path | Recipe, *, data: str | Path | None = No
 
     ``model`` may be an ONNX file, a PyTorch/TensorFlow file or an in-memory ``nn.Module`` / Keras model: those are
     imported first (``example_inputs``, or shapes from ``data``/``shapes``; ``import_options`` are ``export``'s
-    keywords: module, dynamic, opset, exporter, dtypes, input_names, output_names, signature, parity_tol), the
+    keywords: module, dynamic, opset, exporter, dtypes, input_names, output_names, signature, parity_tol, trust_pickle), the
     imported ONNX is kept in the artifact as ``input.onnx`` and the manifest's ``import`` holds exporter, opset and
     parity.
 
@@ -178,7 +183,12 @@ def optimize(model, recipe: str | Path | Recipe, *, data: str | Path | None = No
     """
     from .measure import parse_backends
 
+    from .checks import check_threads
+
     warn = warn or (lambda msg: None)
+    check_threads(threads)
+    if name is not None:
+        check_name(name)
     rec = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
     targets = parse_backends(",".join(backends) if isinstance(backends, (list, tuple)) else backends, rec.backend)
     backend = get_backend(targets[0])  # a missing primary backend fails here, before any work
@@ -269,7 +279,7 @@ def optimize(model, recipe: str | Path | Recipe, *, data: str | Path | None = No
             "warnings": list(samples.warnings),
             "environment": environment(),
         }
-        write_json(staged.stage / MANIFEST, manifest)
+        seal(staged.stage, manifest)  # the sha256 of every file written above, checked whenever it is used
     manifest["artifact"] = str(staged.path)
     try:
         from .report import write_report

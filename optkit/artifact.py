@@ -1,19 +1,63 @@
-"""Versioned artifact directories (``OUT/<name>/<version>/``), written atomically."""
+"""Versioned artifact directories (``OUT/<name>/<version>/``): written atomically, sealed, verified on use.
+
+Writing: everything goes to ``OUT/<name>/.staging-<pid>-<start>-<random>/`` (the owner process is in the name), is
+fsynced, and is renamed to the next free version number in one step. A run that fails or is interrupted removes its
+staging directory; one that was killed (SIGKILL, power loss) leaves it, and the next run in that directory removes
+it once its owner process is gone.
+
+Sealing: the manifest lists every file of the artifact with its sha256 (``files``). Reading (``optkit.load``, bench,
+report, tune, ``optkit verify``) checks them before anything is loaded: a changed, missing or unexpected file is an
+``IntegrityError`` (exit 7). Files written after the seal (reports, bench results, tune output) are not sealed.
+"""
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import re
+import secrets
 import shutil
+import signal
 import tempfile
+import threading
+import time
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
-from .errors import InputError
+from .errors import InputError, IntegrityError
 
 MANIFEST = "manifest.json"
-MANIFEST_SCHEMA = 1
+MANIFEST_SCHEMA = 2  # 2: "files" holds the sha256 of every file of the artifact
+STAGING_PREFIX = ".staging-"
+# written into an artifact after it was sealed (and rewritten later): never part of the seal
+DERIVED = ("report.json", "report.html", "bench", "tune", "serving.json", "serving.svg")
+# a temporary directory without an owner in its name (older optkit) counts as stale after this long
+LEGACY_STALE_SECONDS = 3600
+# what was committed in this process (the CLI says so when it is interrupted afterwards)
+committed: list[Path] = []
+
+
+# -- names -----------------------------------------------------------------------------------------------------
+def check_name(name) -> str:
+    """An artifact name is one path component: no separators, not '.'/'..', no leading dot, no NUL."""
+    if not isinstance(name, str) or not name.strip():
+        raise InputError(f"artifact name {name!r} is empty", "give --name a plain name such as resnet50-int8")
+    bad = ("/" in name or "\\" in name or "\0" in name or name in (".", "..") or name.startswith(".")
+           or os.path.isabs(name) or len(name.encode()) > 255)
+    if bad:
+        raise InputError(f"artifact name {name!r} is not a single plain path component",
+                         "give --name a plain name without '/', '\\' or a leading '.' (the artifact always goes "
+                         "under --output)")
+    return name
+
+
+def _inside(path: Path, root: Path) -> bool:
+    try:
+        path.resolve().relative_to(root.resolve())
+        return True
+    except ValueError:
+        return False
 
 
 def check_writable(out: Path) -> None:
@@ -32,6 +76,115 @@ def versions(base: Path) -> list[int]:
     return sorted(int(p.name) for p in base.iterdir() if p.is_dir() and re.fullmatch(r"\d+", p.name))
 
 
+# -- temporary directories with an owner -----------------------------------------------------------------------
+def _start_time(pid: int) -> str | None:
+    """The process's start time (clock ticks since boot, /proc/PID/stat field 22): tells a reused pid apart."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat.rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _alive(pid: int, start: str) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: alive
+        pass
+    now = _start_time(pid)
+    return now is None or start == "0" or now == start  # unknown: assume it is the owner
+
+
+def make_temp_dir(parent: Path, prefix: str = STAGING_PREFIX) -> Path:
+    """``parent/<prefix><pid>-<start>-<random>``, created with the umask applied (not mkdtemp's 0700)."""
+    pid = os.getpid()
+    for _ in range(100):
+        d = parent / f"{prefix}{pid}-{_start_time(pid) or '0'}-{secrets.token_hex(4)}"
+        try:
+            os.mkdir(d, 0o777)
+            return d
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"cannot create a temporary directory in {parent}")
+
+
+_OWNED = re.compile(r"(\d+)-(\d+)-[0-9a-f]+")
+
+
+def clean_stale(parent: Path, prefix: str = STAGING_PREFIX) -> list[Path]:
+    """Remove ``prefix*`` directories in ``parent`` whose owner process is gone (killed runs); returns them."""
+    removed = []
+    try:
+        entries = list(parent.iterdir())
+    except OSError:
+        return removed
+    for d in entries:
+        if not d.name.startswith(prefix) or not d.is_dir() or d.is_symlink():
+            continue
+        m = _OWNED.fullmatch(d.name[len(prefix):])
+        if m:
+            stale = not _alive(int(m.group(1)), m.group(2))
+        else:  # written by an older optkit: no owner recorded
+            try:
+                stale = time.time() - d.stat().st_mtime > LEGACY_STALE_SECONDS
+            except OSError:
+                continue
+        if stale:
+            shutil.rmtree(d, ignore_errors=True)
+            if not d.exists():
+                removed.append(d)
+    return removed
+
+
+# -- durability ------------------------------------------------------------------------------------------------
+def _fsync_dir(d: Path) -> None:
+    try:
+        fd = os.open(d, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def sync_tree(root: Path) -> None:
+    """fsync every file and directory under ``root`` (before it is renamed into place)."""
+    for dirpath, _dirs, files in os.walk(root):
+        for f in files:
+            p = os.path.join(dirpath, f)
+            if os.path.islink(p):
+                continue
+            fd = os.open(p, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        _fsync_dir(Path(dirpath))
+
+
+@contextlib.contextmanager
+def _signals_deferred():
+    """Hold Ctrl-C/SIGTERM/SIGHUP while a version is committed, so 'interrupted' never lands between the rename and
+    its bookkeeping (they are delivered right after)."""
+    sigs = {signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", signal.SIGTERM)}
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, sigs)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+# -- writing ---------------------------------------------------------------------------------------------------
 @dataclass
 class Staged:
     stage: Path
@@ -42,30 +195,46 @@ class Staged:
 def staged_version(out: Path, name: str, version: int | None = None):
     """Yield a Staged; on success its ``stage`` dir becomes ``out/name/<version>``, on error it is removed.
 
-    Nothing half-written is ever left under a version number."""
+    Nothing half-written is ever left under a version number, and nothing is written outside ``out``."""
+    check_name(name)
+    out = Path(out)
     base = out / name
     if version is not None and version < 1:
         raise InputError(f"--version must be >= 1, got {version}", "omit --version to take the next free one")
     created = [d for d in (base, out) if not d.exists()]
     check_writable(base)
-    if version is not None:
-        if (base / str(version)).exists():
-            raise InputError(f"artifact {base / str(version)} already exists", "omit --version to take the next free one")
-    stage = Path(tempfile.mkdtemp(prefix=".staging-", dir=base))
+    if not _inside(base, out):  # out/name is a symlink leading elsewhere
+        raise InputError(f"{base} leads outside --output {out} (a symbolic link?)", "choose another --name or --output")
+    clean_stale(base)
+    if version is not None and (base / str(version)).exists():
+        raise InputError(f"version {version} already exists ({base / str(version)})",
+                         "omit --version to take the next free one, or pick another")
+    try:
+        stage = make_temp_dir(base)
+    except OSError as e:
+        raise InputError(f"output directory {base} is not writable ({e.strerror or type(e).__name__})",
+                         "choose another --output directory") from e
     staged = Staged(stage)
     try:
         yield staged
-        while True:
-            v = version if version is not None else (max(versions(base), default=0) + 1)
-            final = base / str(v)
-            try:
-                os.rename(stage, final)  # atomic; fails if another run took the number first
-                break
-            except OSError:
-                if version is not None or not final.exists():
-                    raise
-        stage = None
-        staged.path = final
+        sync_tree(stage)
+        with _signals_deferred():
+            while True:
+                v = version if version is not None else (max(versions(base), default=0) + 1)
+                final = base / str(v)
+                try:
+                    os.rename(stage, final)  # atomic; fails if another run took the number first
+                    break
+                except OSError:
+                    if not final.exists():
+                        raise
+                    if version is not None:
+                        raise InputError(f"version {version} already exists ({final}): another run wrote it first",
+                                         "omit --version to take the next free one, or pick another") from None
+            _fsync_dir(base)
+            stage = None
+            staged.path = final
+            committed.append(final)
     finally:
         if stage is not None:
             shutil.rmtree(stage, ignore_errors=True)
@@ -75,9 +244,34 @@ def staged_version(out: Path, name: str, version: int | None = None):
 
 
 def write_json(path: Path, data: dict) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=_jsonable))
-    os.replace(tmp, path)
+    """Write JSON atomically (a unique temporary name beside it, fsynced, then renamed)."""
+    write_text(path, json.dumps(data, indent=2, default=_jsonable))
+
+
+def write_text(path: Path, text: str) -> None:
+    """Write a text file atomically (a unique temporary name beside it, fsynced, then renamed)."""
+    path = Path(path)
+    for old in path.parent.glob(f".{glob_escape(path.name)}.*.tmp"):  # left by a killed writer
+        m = re.fullmatch(r"(\d+)-[0-9a-f]+", old.name[len(path.name) + 2:-4])
+        if m and not _alive(int(m.group(1)), "0"):
+            with contextlib.suppress(OSError):
+                old.unlink()
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(3)}.tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+
+
+def glob_escape(name: str) -> str:
+    import glob
+
+    return glob.escape(name)
 
 
 def _jsonable(o):
@@ -94,11 +288,156 @@ def _jsonable(o):
     raise TypeError(f"not JSON serializable: {type(o).__name__}")
 
 
+# -- sealing ---------------------------------------------------------------------------------------------------
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _derived(rel: str) -> bool:
+    top = rel.split("/", 1)[0]
+    return top in DERIVED or top == MANIFEST or top.endswith(".tmp")
+
+
+def file_table(root: Path) -> dict[str, dict]:
+    """{relative posix path: {sha256, bytes}} of every sealed file under ``root``."""
+    table = {}
+    for p in sorted(root.rglob("*")):
+        rel = p.relative_to(root).as_posix()
+        if p.is_dir() or _derived(rel):
+            continue
+        table[rel] = {"sha256": _sha256(p), "bytes": p.stat().st_size}
+    return table
+
+
+def seal(stage: Path, manifest: dict) -> None:
+    """Record the sha256 of every file written so far in the manifest and write it (the last file of a version)."""
+    manifest["schema"] = MANIFEST_SCHEMA
+    manifest["files"] = file_table(stage)
+    write_json(stage / MANIFEST, manifest)
+
+
+# -- reading ---------------------------------------------------------------------------------------------------
+def _safe_rel(p) -> bool:
+    if not isinstance(p, str) or not p or "\\" in p or "\0" in p:
+        return False
+    pp = PurePosixPath(p)
+    return not pp.is_absolute() and ".." not in pp.parts
+
+
 def read_manifest(artifact: Path) -> dict:
-    p = artifact / MANIFEST
+    p = Path(artifact) / MANIFEST
     if not p.is_file():
         raise InputError(f"{artifact} is not an optkit artifact (no {MANIFEST})", "pass an artifact directory or a .onnx file")
     try:
-        return json.loads(p.read_text())
-    except json.JSONDecodeError as e:
-        raise InputError(f"{p} is not valid JSON ({e.msg})", "re-run `optkit optimize` to regenerate the artifact") from e
+        man = json.loads(p.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        what = e.msg if isinstance(e, json.JSONDecodeError) else "not UTF-8 text"
+        raise InputError(f"{p} is not valid JSON ({what})", "re-run `optkit optimize` to regenerate the artifact") from e
+    except OSError as e:
+        raise InputError(f"cannot read {p} ({e.strerror or type(e).__name__})", "check its permissions") from e
+    problem = _manifest_problem(man)
+    if problem:
+        raise InputError(f"{p} is not a valid optkit manifest ({problem})",
+                         "re-run `optkit optimize` to regenerate the artifact")
+    return man
+
+
+def _manifest_problem(man) -> str | None:
+    if not isinstance(man, dict):
+        return f"a JSON {type(man).__name__}, not an object"
+    for key, kind in (("output", dict), ("recipe", dict), ("input", dict)):
+        if not isinstance(man.get(key), kind):
+            return f"no {key!r} object"
+    if not _safe_rel(man["output"].get("path")):
+        return f"output.path {man['output'].get('path')!r} is not a path inside the artifact"
+    if not isinstance(man["recipe"].get("name"), str):
+        return "no recipe.name"
+    for key in ("data", "backend", "backends", "user_shapes", "shapes", "accuracy", "import"):
+        if man.get(key) is not None and not isinstance(man[key], dict):
+            return f"{key!r} is a {type(man[key]).__name__}, not an object"
+    for key in ("path", "sha256"):
+        if man["input"].get(key) is not None and not isinstance(man["input"][key], str):
+            return f"input.{key} is not a string"
+    files = man.get("files")
+    if files is not None:
+        if not isinstance(files, dict) or not all(_safe_rel(k) and isinstance(v, dict) and isinstance(v.get("sha256"), str)
+                                                   for k, v in files.items()):
+            return "'files' is not a table of relative paths with their sha256"
+        if man["output"]["path"] not in files:
+            return f"output.path {man['output']['path']!r} is not among its files"
+    return None
+
+
+def verify(artifact: Path, man: dict | None = None) -> dict:
+    """Check every sealed file of an artifact against its manifest. Returns {artifact, ok, sealed, files: [{path,
+    status: ok|changed|missing|unexpected, bytes, sha256, expected}]}; never raises for a mismatch."""
+    artifact = Path(artifact)
+    man = read_manifest(artifact) if man is None else man
+    rows = []
+    files = man.get("files")
+    if files is None:  # schema 1 (older optkit): only the model and the imported input carried a sha256
+        from .model import sha256_file
+
+        files = {}
+        legacy = [(man["output"]["path"], man["output"].get("sha256"))]
+        if _safe_rel(man["input"].get("path")) and man["input"].get("sha256"):
+            legacy.append((man["input"]["path"], man["input"]["sha256"]))
+        for rel, want in legacy:
+            p = artifact / rel
+            got = sha256_file(p) if p.is_file() else None
+            rows.append({"path": rel, "expected": want, "sha256": got,
+                         "status": "missing" if got is None else ("ok" if got == want else "changed")})
+    for rel, rec in sorted(files.items()):
+        p = artifact / rel
+        if not p.is_file() or not _inside(p, artifact):
+            rows.append({"path": rel, "expected": rec["sha256"], "sha256": None,
+                         "status": "missing" if not p.is_file() else "outside the artifact (a symbolic link)"})
+            continue
+        got = _sha256(p)
+        rows.append({"path": rel, "expected": rec["sha256"], "sha256": got, "bytes": p.stat().st_size,
+                     "status": "ok" if got == rec["sha256"] else "changed"})
+    if man.get("files") is not None:  # a backend loads whatever its compiled directory holds: nothing extra there
+        for d in sorted(artifact.glob("compiled*")):
+            for p in sorted(d.rglob("*")):
+                rel = p.relative_to(artifact).as_posix()
+                if (p.is_file() or p.is_symlink()) and rel not in files and not rel.endswith(".tmp"):
+                    rows.append({"path": rel, "expected": None, "sha256": None, "status": "unexpected"})
+    return {"artifact": str(artifact), "sealed": man.get("files") is not None,
+            "ok": all(r["status"] == "ok" for r in rows), "files": rows}
+
+
+def check(artifact: Path, man: dict | None = None) -> dict:
+    """``verify`` that raises IntegrityError (exit 7) on the first problem; returns the verification."""
+    res = verify(artifact, man)
+    bad = [r for r in res["files"] if r["status"] != "ok"]
+    if bad:
+        first = bad[0]
+        more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+        raise IntegrityError(f"artifact {artifact} failed verification: {first['path']} is {first['status']}"
+                             + {"changed": " since optimize sealed it", "missing": " since optimize sealed it",
+                                "unexpected": " (not written by optimize)"}.get(first["status"], "") + more,
+                             f"run `optkit verify {artifact}` for the list; re-run `optkit optimize` to rebuild it")
+    return res
+
+
+def read_bench_results(artifact: Path) -> list[dict]:
+    """The bench results kept under ``ARTIFACT/bench/<n>.json``; a file that is not a JSON object names itself."""
+    d = Path(artifact) / "bench"
+    files = sorted((p for p in d.glob("*.json") if p.stem.isdigit()), key=lambda p: int(p.stem)) if d.is_dir() else []
+    out = []
+    for p in files:
+        try:
+            res = json.loads(p.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError, OSError) as e:
+            why = e.msg if isinstance(e, json.JSONDecodeError) else type(e).__name__
+            raise InputError(f"bench result {p} is not readable JSON ({why})",
+                             "move it out of the artifact (or delete it) and run optkit bench again") from e
+        if not isinstance(res, dict) or not isinstance(res.get("latency", res.get("rows")), (dict, list)):
+            raise InputError(f"bench result {p} is not an optkit bench result (no latency or rows)",
+                             "move it out of the artifact (or delete it) and run optkit bench again")
+        out.append(res)
+    return out

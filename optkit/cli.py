@@ -34,9 +34,11 @@ InNamesOpt = typer.Option(None, "--input-names", help="comma-separated input nam
 OutNamesOpt = typer.Option(None, "--output-names", help="comma-separated output names", rich_help_panel=_IMPORT)
 SignatureOpt = typer.Option(None, "--signature", help="SavedModel signature key (default serving_default)", rich_help_panel=_IMPORT)
 ParityOpt = typer.Option("1e-3,1e-4", "--parity-tol", help="RTOL,ATOL: ONNX Runtime must match the framework within ATOL + RTOL*max|ref|", rich_help_panel=_IMPORT)
+TrustPickleOpt = typer.Option(False, "--trust-pickle", help="allow files whose loading runs code from the file (a torch.save'd whole model, a .pt2 program, a Keras Lambda layer); only for files you trust", rich_help_panel=_IMPORT)
 
 
-def _import_options(module, dtype, dynamic, opset, exporter, input_names, output_names, signature, parity_tol) -> dict:
+def _import_options(module, dtype, dynamic, opset, exporter, input_names, output_names, signature, parity_tol,
+                    trust_pickle: bool = False) -> dict:
     from .errors import InputError
     from .importers import parse_dtypes
 
@@ -47,7 +49,7 @@ def _import_options(module, dtype, dynamic, opset, exporter, input_names, output
     split = lambda v: [x.strip() for x in v.split(",") if x.strip()] if v else None  # noqa: E731
     opts = {"module": module, "dtypes": parse_dtypes(dtype), "dynamic": dynamic, "opset": opset,
             "exporter": exporter.lower(), "input_names": split(input_names), "output_names": split(output_names),
-            "signature": signature, "parity_tol": (rtol, atol)}
+            "signature": signature, "parity_tol": (rtol, atol), "trust_pickle": trust_pickle}
     return opts
 
 
@@ -65,7 +67,15 @@ def _guard(fn):
                 raise
             err.print(f"[bold red]error:[/] {escape(str(e))}", markup=True, highlight=False)
             raise typer.Exit(e.exit_code)
-        except (typer.Exit, typer.Abort, KeyboardInterrupt):
+        except KeyboardInterrupt:  # Ctrl-C, and SIGTERM/SIGHUP (main() turns them into this)
+            if _DEBUG:
+                raise
+            from .artifact import committed
+
+            what = (f"{committed[-1]} was complete and is kept" if committed else "nothing written")
+            err.print(f"[bold red]interrupted[/], {escape(what)}", markup=True, highlight=False)
+            raise typer.Exit(130)
+        except (typer.Exit, typer.Abort):
             raise
         except Exception as e:  # an optkit bug or a library failure we did not anticipate
             if _DEBUG:
@@ -151,19 +161,26 @@ def optimize(
     output_names: Optional[str] = OutNamesOpt,
     signature: Optional[str] = SignatureOpt,
     parity_tol: str = ParityOpt,
+    trust_pickle: bool = TrustPickleOpt,
     fmt: str = FormatOpt,
 ):
     """Run a recipe's passes on MODEL, check numerics after each, compile for the backend, write a versioned artifact.
 
     A PyTorch or TensorFlow MODEL is imported to ONNX first (with a parity check), as `optkit import` does."""
     from .api import optimize as run
+    from .artifact import check_name
+    from .checks import check_threads
     from .data import parse_shape_args
 
     fmt = _check_format(fmt)
+    check_threads(threads)
+    if name is not None:
+        check_name(name)
     shapes = parse_shape_args(shape)
     imp_opts = None
     if model.suffix.lower() != ".onnx":
-        imp_opts = _import_options(module, dtype, dynamic, opset, exporter, input_names, output_names, signature, parity_tol)
+        imp_opts = _import_options(module, dtype, dynamic, opset, exporter, input_names, output_names, signature, parity_tol,
+                                   trust_pickle)
     elif module or dtype or dynamic or opset or exporter != "auto" or input_names or output_names or signature:
         from .errors import InputError
 
@@ -293,6 +310,7 @@ def import_(
     output_names: Optional[str] = OutNamesOpt,
     signature: Optional[str] = SignatureOpt,
     parity_tol: str = ParityOpt,
+    trust_pickle: bool = TrustPickleOpt,
     fmt: str = FormatOpt,
 ):
     """Export a PyTorch or TensorFlow model to ONNX and check ONNX Runtime against the framework on the same inputs."""
@@ -300,7 +318,8 @@ def import_(
     from .data import parse_shape_args
 
     fmt = _check_format(fmt)
-    opts = _import_options(module, dtype, dynamic, opset, exporter, input_names, output_names, signature, parity_tol)
+    opts = _import_options(module, dtype, dynamic, opset, exporter, input_names, output_names, signature, parity_tol,
+                           trust_pickle)
     imp = export(model, None, out_file, data=data, shapes=parse_shape_args(shape), warn=_warn, **opts)
     if fmt == "json":
         _print_json(imp.info)
@@ -334,10 +353,12 @@ def bench(
 ):
     """Latency percentiles and accuracy of a model or artifact, alternating with its FP32 reference."""
     from .artifact import write_json
+    from .checks import check_threads
     from .measure import bench as run
     from .data import parse_shape_args
 
     fmt = _check_format(fmt)
+    check_threads(threads)
     res = run(target, backend=backend, reference=reference, data=data, shapes=parse_shape_args(shape) or None,
               threads=threads, batch=batch, rounds=rounds, round_time=round_time, warn=_warn)
     if json_file:
@@ -641,13 +662,88 @@ def passes(fmt: str = FormatOpt):
     out.print(t)
 
 
+@app.command()
+@_guard
+def verify(
+    artifacts: List[Path] = typer.Argument(..., help="artifact directories (OUT/<name>/<version>; OUT/<name> checks every version)"),
+    fmt: str = FormatOpt,
+):
+    """Check every file of an artifact against the sha256 its manifest recorded at optimize (exit 7 on a mismatch).
+
+    optkit.load, bench, report and tune do the same check before they use an artifact."""
+    from .artifact import MANIFEST, versions
+    from .artifact import verify as run
+    from .errors import InputError, IntegrityError
+
+    fmt = _check_format(fmt)
+    targets = []
+    for a in artifacts:
+        if not a.is_dir():
+            raise InputError(f"{a} is not an artifact directory", "pass OUT/<name>/<version> as written by optkit optimize")
+        if (a / MANIFEST).exists() or not versions(a):
+            targets.append(a)
+        else:
+            targets += [a / str(v) for v in versions(a)]
+    results = [run(t) for t in targets]
+    if fmt == "json":
+        _print_json(results if len(results) > 1 else results[0])
+    else:
+        for res in results:
+            t = Table(title=f"optkit verify · {res['artifact']}" + ("" if res["sealed"] else " (older artifact: only the "
+                      "model and input carry a sha256)"), title_justify="left")
+            for col in ("file", "bytes", "sha256", "status"):
+                t.add_column(col, justify="right" if col == "bytes" else "left")
+            for r in res["files"]:
+                st = "[green]ok[/]" if r["status"] == "ok" else f"[bold red]{r['status'].upper()}[/]"
+                t.add_row(escape(r["path"]), fmt_bytes(r["bytes"]) if r.get("bytes") is not None else "-",
+                          (r.get("sha256") or r.get("expected") or "-")[:16], st)
+            out.print(t)
+            n_ok = sum(r["status"] == "ok" for r in res["files"])
+            out.print(f"{escape(res['artifact'])}: {n_ok} of {len(res['files'])} file(s) match the manifest",
+                      highlight=False)
+    bad = [(res["artifact"], r) for res in results for r in res["files"] if r["status"] != "ok"]
+    if bad:
+        art, r = bad[0]
+        raise IntegrityError(f"{art}: {r['path']} is {r['status']}" + (f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""),
+                             "do not use this artifact; re-run `optkit optimize` to rebuild it")
+
+
+def _on_signal(signum, frame):
+    """SIGTERM / SIGHUP end a run like Ctrl-C: the staging directory is removed and the exit code is 130."""
+    import signal
+
+    for s in (signal.SIGTERM, getattr(signal, "SIGHUP", signal.SIGTERM)):  # a second signal must not cut the cleanup
+        signal.signal(s, signal.SIG_IGN)
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> None:
     global _DEBUG
+    import signal
+    import threading
+
     args = list(sys.argv[1:] if argv is None else argv)
     if "--debug" in args:
         _DEBUG = True
         args.remove("--debug")
-    app(args=args, prog_name="optkit")
+    if threading.current_thread() is threading.main_thread():
+        for s in (signal.SIGTERM, getattr(signal, "SIGHUP", None)):
+            if s is not None and signal.getsignal(s) in (signal.SIG_DFL, None):
+                signal.signal(s, _on_signal)
+    try:
+        app(args=args, prog_name="optkit")
+    except SystemExit as e:
+        if e.code == 130:
+            # Interrupted. Exit 130 as documented: CPython 3.11 remembers a KeyboardInterrupt that passed through
+            # some C extensions even when optkit handled it, and would end the process with SIGINT instead (-2).
+            import atexit
+            import os
+
+            sys.stdout.flush()
+            sys.stderr.flush()
+            atexit._run_exitfuncs()
+            os._exit(130)
+        raise
 
 
 if __name__ == "__main__":

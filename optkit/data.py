@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from .checks import check_finite
 from .errors import InputError
 from .model import TensorSpec, signature
 
@@ -179,6 +180,7 @@ def load_samples(path: str | Path, model: onnx.ModelProto, limit: int | None = N
         except Exception as e:
             raise InputError(f"cannot read --data file {f}: {type(e).__name__}",
                              "write it with numpy.savez(path, input_name=array, ...)") from e
+        check_finite(arrays, f"--data {f}")  # NaN/Inf: a data problem, said before any pass runs
         lab = arrays.pop(LABELS_KEY, None)
         unknown = sorted(set(arrays) - set(specs))
         missing = sorted(set(specs) - set(arrays))

@@ -47,3 +47,16 @@ class ExportError(OptkitError):
     (parity check) beyond the tolerance."""
 
     exit_code = 6
+
+
+class IntegrityError(OptkitError):
+    """An artifact's files do not match the sha256 its manifest recorded (changed, missing or unexpected files):
+    nothing in it is loaded or run."""
+
+    exit_code = 7
+
+
+class Interrupted(OptkitError):
+    """Ctrl-C, SIGTERM or SIGHUP; the message says what was (not) written."""
+
+    exit_code = 130

@@ -72,6 +72,18 @@ def speedup(ref_rounds: list[float], cand_rounds: list[float]) -> dict:
             "ci95": [lo, hi], "verdict": "faster" if lo > 1.0 else "slower" if hi < 1.0 else "tie"}
 
 
+def _check_options(threads, rounds, round_runs, round_time) -> None:
+    from .checks import check_threads
+
+    check_threads(threads)
+    if not isinstance(rounds, int) or rounds < 1:
+        raise InputError(f"--rounds must be >= 1, got {rounds!r}", "use --rounds 5 (the default) or more")
+    if not isinstance(round_runs, int) or round_runs < 1:
+        raise InputError(f"round_runs must be >= 1, got {round_runs!r}", "use 20 (the default)")
+    if not (isinstance(round_time, (int, float)) and 0 <= round_time < float("inf")):
+        raise InputError(f"--round-time must be a number of seconds >= 0, got {round_time!r}", "use --round-time 0.5")
+
+
 def resolve_target(target: str | Path) -> dict:
     """A .onnx file, an artifact directory, or a model directory of versions (the latest) -> the model to run and
     what the manifest knows."""
@@ -97,7 +109,12 @@ def bench(target: str | Path, *, backend: str | None = None, reference: str | Pa
     reference, all alternate in one protocol, and unavailable backends are listed with the reason.
     """
     warn = warn or (lambda msg: None)
-    t = resolve_target(target)
+    _check_options(threads, rounds, round_runs, round_time)
+    t = resolve_target(target)  # an artifact's files are verified against its manifest here
+    if t["artifact"] is not None:
+        from .artifact import read_bench_results
+
+        read_bench_results(t["artifact"])  # a garbled earlier result is named now, not after timing
     man = t["manifest"]
     names = parse_backends(backend, artifact_backend(man))
     if len(names) > 1:

@@ -50,6 +50,9 @@ def load_model(path: str | os.PathLike, *, check: bool = True) -> onnx.ModelProt
     if model.ir_version <= 0 or not model.graph.node:
         raise InputError(f"{p} is not an ONNX model (no graph nodes or IR version)",
                          "pass a .onnx file exported from your framework")
+    from .checks import check_opsets
+
+    check_opsets(model, p)  # named plainly here, not as ORT's C++ error later
     if check:
         try:
             onnx.checker.check_model(str(p))

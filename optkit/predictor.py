@@ -1,6 +1,7 @@
 """``optkit.load``: model directory → predictor, whatever backend the artifact was compiled for.
 
     p = optkit.load("optkit-out/digits_cnn")        # the latest version, or .../digits_cnn/3, or a .onnx file
+                                                      # (an artifact's files are checked against its manifest first)
     p.inputs                                          # [TensorSpec(name, dtype, shape)]
     out = p.run({"input": x})                         # {output name: array}
 """
@@ -10,13 +11,14 @@ from pathlib import Path
 
 import numpy as np
 
-from .artifact import MANIFEST, read_manifest, versions
+from .artifact import MANIFEST, check, read_manifest, versions
 from .errors import InputError
 
 
-def resolve_artifact(path: str | Path) -> tuple[Path, dict | None, Path]:
+def resolve_artifact(path: str | Path, verify: bool = True) -> tuple[Path, dict | None, Path]:
     """(directory or file, manifest or None, the ONNX model) for an artifact version dir, a model dir holding
-    numbered versions (the latest is taken), or a .onnx file."""
+    numbered versions (the latest is taken), or a .onnx file. An artifact's files are checked against the sha256 its
+    manifest recorded (IntegrityError on a mismatch) unless ``verify`` is False."""
     p = Path(path)
     if not p.exists():
         raise InputError(f"{p} not found", "pass an artifact directory (OUT/<name>/<version>) or a .onnx file")
@@ -29,6 +31,8 @@ def resolve_artifact(path: str | Path) -> tuple[Path, dict | None, Path]:
                              "pass OUT/<name>/<version> as written by optkit optimize")
         p = p / str(vs[-1])
     man = read_manifest(p)
+    if verify:
+        check(p, man)
     return p, man, p / man["output"]["path"]
 
 
@@ -93,10 +97,13 @@ class Predictor:
     """An open model: ``run(feeds) -> {name: array}`` (also callable), ``inputs``/``outputs`` specs, ``backend``,
     ``manifest`` (None for a bare .onnx). Close it (or use ``with``) to free the session."""
 
-    def __init__(self, path: str | Path, backend: str | None = None, threads: int = 1):
+    def __init__(self, path: str | Path, backend: str | None = None, threads: int = 1, verify: bool = True):
         from .backends import get_backend
+        from .checks import check_threads
 
-        self.path, self.manifest, self.model_path = resolve_artifact(path)
+        self._session = None
+        check_threads(threads)
+        self.path, self.manifest, self.model_path = resolve_artifact(path, verify=verify)
         self.backend = backend or artifact_backend(self.manifest)
         be = get_backend(self.backend)
         st = be.status()
@@ -147,7 +154,10 @@ class Predictor:
         return f"Predictor({str(self.path)!r}, backend={self.backend!r}, inputs={[s.name for s in self.inputs]})"
 
 
-def load(path: str | Path, backend: str | None = None, threads: int = 1) -> Predictor:
+def load(path: str | Path, backend: str | None = None, threads: int = 1, verify: bool = True) -> Predictor:
     """A Predictor for an artifact (``OUT/<name>/<version>``, or ``OUT/<name>`` for the latest version) or a .onnx file,
-    on the backend the artifact was compiled for unless ``backend`` says otherwise."""
-    return Predictor(path, backend, threads)
+    on the backend the artifact was compiled for unless ``backend`` says otherwise.
+
+    An artifact's files (model, external data, compiled files) are checked against the sha256 its manifest recorded
+    before anything is loaded: a mismatch raises IntegrityError. ``verify=False`` skips that (you checked it)."""
+    return Predictor(path, backend, threads, verify)

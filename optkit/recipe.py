@@ -84,9 +84,15 @@ def load_recipe(name_or_path: str | Path) -> Recipe:
     s = str(name_or_path)
     p = Path(s)
     if p.suffix in (".yaml", ".yml") or p.exists() or "/" in s:
+        if p.is_dir():
+            raise RecipeError(f"recipe {p} is a directory", "pass a recipe YAML file or a built-in recipe name")
         if not p.is_file():
             raise RecipeError(f"recipe file not found: {p}", f"built-in recipes: {', '.join(builtin_names())}")
-        text, source = p.read_text(), str(p)
+        try:
+            text, source = p.read_text(), str(p)
+        except (OSError, UnicodeDecodeError) as e:
+            raise RecipeError(f"cannot read recipe {p} ({getattr(e, 'strerror', None) or type(e).__name__})",
+                              "pass a UTF-8 YAML file") from e
     else:
         res = builtin_dir() / f"{s}.yaml"
         if not res.is_file():
@@ -96,6 +102,11 @@ def load_recipe(name_or_path: str | Path) -> Recipe:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
         raise RecipeError(f"recipe {source} is not valid YAML: {str(e).splitlines()[0]}", "fix the YAML syntax") from e
+    except RecursionError as e:
+        raise RecipeError(f"recipe {source} is nested too deeply", "a recipe is a flat mapping of a few keys") from e
+    except ValueError as e:  # e.g. an integer with more digits than Python converts
+        raise RecipeError(f"recipe {source} holds a value YAML cannot convert ({str(e).splitlines()[0][:120]})",
+                          "fix the value") from e
     return parse_recipe(data, source, default_name=p.stem if source != f"builtin:{s}" else s)
 
 

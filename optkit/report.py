@@ -40,9 +40,9 @@ def save_bench(artifact: Path, result: dict) -> Path:
 
 
 def _bench_results(artifact: Path) -> list[dict]:
-    d = artifact / BENCH_DIR
-    files = sorted((p for p in d.glob("*.json") if p.stem.isdigit()), key=lambda p: int(p.stem)) if d.is_dir() else []
-    return [json.loads(p.read_text()) for p in files]
+    from .artifact import read_bench_results
+
+    return read_bench_results(artifact)  # a garbled bench/<n>.json is an InputError naming it
 
 
 def _label(man: dict, artifact: Path) -> str:
@@ -182,7 +182,9 @@ def write_report(artifact: str | Path) -> tuple[Path, Path]:
     rep = build_report([art])
     j, h = art / "report.json", art / "report.html"
     write_json(j, rep)
-    h.write_text(render_html(rep), encoding="utf-8")
+    from .artifact import write_text
+
+    write_text(h, render_html(rep))  # atomic, like report.json: a killed run leaves the old report, not half a new one
     return j, h
 
 

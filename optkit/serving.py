@@ -621,6 +621,10 @@ def _resolve_input(target, output, name):
     from .predictor import resolve_artifact
 
     p = Path(target)
+    if name is not None:
+        from .artifact import check_name
+
+        check_name(name)  # files go under OUTPUT/<name>/: one path component, never outside
     if not p.exists():
         raise InputError(f"{p} not found", "pass an ONNX model or an artifact directory (OUT/<name>/<version>)")
     if p.is_file():
@@ -651,7 +655,7 @@ def _build_variant(src: Path, src_sha: str, backend: str, precision: str, vdir: 
     """Build (or reuse) one variant with its recipe; the performance guard is off (the tuner decides speed per
     threads and batch size, so an INT8 model slower at batch 1 may still win at batch 32)."""
     from .api import optimize
-    from .artifact import read_manifest, versions
+    from .artifact import check, read_manifest, versions
     from .recipe import load_recipe
 
     recipe = RECIPES[(backend, precision)]
@@ -661,6 +665,7 @@ def _build_variant(src: Path, src_sha: str, backend: str, precision: str, vdir: 
     for v in reversed(versions(vdir)):
         try:
             man = read_manifest(vdir / str(v))
+            check(vdir / str(v), man)  # a cached variant whose files changed is rebuilt, never loaded
         except OptkitError:
             continue
         if _variant_matches(man, src_sha, json.loads(json.dumps(rdict)), data_path):

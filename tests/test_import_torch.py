@@ -114,7 +114,7 @@ def test_file_forms(tmp_path):
     (tmp_path / "arch.py").write_text(FACTORY)
     feed = {"input": x.numpy()}
     ref = m(x).detach().numpy()
-    cases = {"full.pt": ({}, "pickled Sequential"), "ts.pt": ({}, "TorchScript"),
+    cases = {"full.pt": ({"trust_pickle": True}, "pickled Sequential"), "ts.pt": ({}, "TorchScript"),
              "ckpt.pth": ({"module": f"{tmp_path}/arch.py:build"}, "state_dict"),
              "sd.pt": ({"module": f"{tmp_path}/arch.py:build"}, "state_dict")}
     for fname, (kw, desc) in cases.items():
@@ -123,7 +123,7 @@ def test_file_forms(tmp_path):
         np.testing.assert_allclose(ort_run(imp.model, feed)[0], ref, atol=1e-5, err_msg=fname)
     prog = torch.export.export(m, (x,))
     torch.export.save(prog, tmp_path / "prog.pt2")
-    imp = import_model(tmp_path / "prog.pt2", shapes={"input": (2, 3, 8, 8)}, dynamic="none")
+    imp = import_model(tmp_path / "prog.pt2", shapes={"input": (2, 3, 8, 8)}, dynamic="none", trust_pickle=True)
     np.testing.assert_allclose(ort_run(imp.model, {"x": x.numpy()} if imp.info["inputs"][0]["name"] == "x" else feed)[0],
                                ref, atol=1e-5)
 
@@ -173,7 +173,7 @@ def test_cli_import_and_optimize_from_pt(tmp_path):
     np.savez(tmp_path / "feeds.npz", input=rng.random((8, 1, 1, 32, 32), dtype=np.float32),
              labels=rng.integers(0, 10, (8, 1)))
     r = run_cli("import", tmp_path / "digits.pt", "--out", tmp_path / "d.onnx", "--data", tmp_path / "feeds.npz",
-                "--output-names", "logits", "--exporter", "torchscript", "--format", "json")
+                "--output-names", "logits", "--exporter", "torchscript", "--format", "json", "--trust-pickle")
     assert r.returncode == 0, r.stderr
     info = json.loads(r.stdout)
     assert info["parity"]["feeds"] == 8 and info["parity"]["feeds_source"].endswith("feeds.npz")
@@ -181,7 +181,7 @@ def test_cli_import_and_optimize_from_pt(tmp_path):
     assert sha256(tmp_path / "digits.pt") == before
 
     r = run_cli("optimize", tmp_path / "digits.pt", "--recipe", "int8-ort", "--data", tmp_path / "feeds.npz",
-                "--exporter", "torchscript", "--output", tmp_path / "out")
+                "--exporter", "torchscript", "--output", tmp_path / "out", "--trust-pickle")
     assert r.returncode == 0, r.stderr
     text = " ".join(r.stdout.split())  # rich wraps long lines
     assert "imported pickled Sequential" in text and "parity vs torch on 8 feed(s)" in text
@@ -195,7 +195,8 @@ def test_cli_import_and_optimize_from_pt(tmp_path):
     assert res["reference"].endswith("input.onnx") and res["accuracy"]["vs_reference"]["cosine"] > 0.99
 
     # a failing import leaves no output behind and says so in one line
-    r = run_cli("import", tmp_path / "digits.pt", "--out", tmp_path / "bad.onnx", "--shape", "input=1x3x32x32")
+    r = run_cli("import", tmp_path / "digits.pt", "--out", tmp_path / "bad.onnx", "--shape", "input=1x3x32x32",
+                "--trust-pickle")
     assert r.returncode == 2 and "fails on the example inputs" in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "bad.onnx").exists()
     r = run_cli("optimize", tmp_path / "d.onnx", "--recipe", "int8-ort", "--module", "x:y")

@@ -78,7 +78,7 @@ def _is_tf_object(obj) -> bool:
     return isinstance(obj, tf.Module) or type(obj).__module__.startswith("keras")
 
 
-def _source(model, *, module=None, signature=None):
+def _source(model, *, module=None, signature=None, trust_pickle=False):
     """The framework source for a path or an in-memory model."""
     if isinstance(model, (str, Path)):
         kind = detect(Path(model))
@@ -92,7 +92,7 @@ def _source(model, *, module=None, signature=None):
                 raise InputError(reason)
             if signature:
                 raise InputError("--signature is for TensorFlow SavedModels", "drop --signature")
-            return torchmod.load_source(Path(model), module=module)
+            return torchmod.load_source(Path(model), module=module, trust_pickle=trust_pickle)
         from . import tf as tfmod
 
         reason = tfmod.available()
@@ -100,7 +100,7 @@ def _source(model, *, module=None, signature=None):
             raise InputError(reason, "pip install 'optkit[tf]'")
         if module:
             raise InputError("--module is for PyTorch state_dicts", "drop --module")
-        return tfmod.load_source(Path(model), signature=signature)
+        return tfmod.load_source(Path(model), signature=signature, trust_pickle=trust_pickle)
     from . import torch as torchmod
 
     if torchmod.is_torch_object(model):
@@ -188,6 +188,9 @@ def _read_npz_feeds(path: Path, order: list[str] | None, specs: dict[str, Tensor
                 arrays = {k: z[k] for k in z.files}
         except Exception as e:
             raise InputError(f"cannot read --data file {f}: {type(e).__name__}", "write it with numpy.savez") from e
+        from ..checks import check_finite
+
+        check_finite(arrays, f"--data {f}")
         labels = arrays.pop("labels", None)
         names = list(arrays)
         if order:
@@ -408,7 +411,7 @@ def import_model(model, *, example_inputs=None, data=None, shapes: dict | None =
                  input_names: list[str] | None = None, output_names: list[str] | None = None, dynamic=None,
                  opset: int | None = None, exporter: str = "auto", module: str | None = None,
                  signature: str | None = None, rtol: float = 1e-3, atol: float = 1e-4, max_feeds: int = 8,
-                 warn=None) -> Imported:
+                 warn=None, trust_pickle: bool = False) -> Imported:
     """Export a PyTorch/TensorFlow model (object or file) to ONNX and check it against the framework.
 
     The export is accepted only when ONNX Runtime reproduces the framework's outputs on every feed within
@@ -416,12 +419,16 @@ def import_model(model, *, example_inputs=None, data=None, shapes: dict | None =
     have another size (``dynamic`` None means 'batch' for PyTorch and the signature's unknown dims for TensorFlow;
     'none' exports static shapes). With ``exporter='auto'`` the exporters are tried in order (PyTorch: dynamo, then TorchScript)
     and the first that passes is kept; every attempt is recorded in ``info['attempts']``.
+
+    Nothing in a model file runs unless asked: a file whose loading executes code from it (a ``torch.save``d whole
+    model, a torch.export .pt2 program, a Keras Lambda layer) is refused unless ``trust_pickle``; a ``module`` factory
+    is your code and runs because you named it.
     """
     import onnx
 
     warn = warn or (lambda msg: None)
     t0 = time.perf_counter()
-    src = _source(model, module=module, signature=signature)
+    src = _source(model, module=module, signature=signature, trust_pickle=trust_pickle)
     shapes = dict(shapes or {})
     dtypes = dict(dtypes or {})
     if exporter not in ("auto",) + tuple(src.exporters):

@@ -178,8 +178,11 @@ def is_tf_path(path: Path) -> bool:
     return p.suffix.lower() in KERAS_SUFFIXES
 
 
-def load_source(path: Path, *, signature: str | None = None) -> "TfSource":
-    """Load a SavedModel directory or a Keras .keras / .h5 file. Bad input raises one InputError."""
+def load_source(path: Path, *, signature: str | None = None, trust_pickle: bool = False) -> "TfSource":
+    """Load a SavedModel directory or a Keras .keras / .h5 file. Bad input raises one InputError.
+
+    A SavedModel's graph runs in TensorFlow (its ops, not Python). Keras loads in safe mode: a Lambda layer holding
+    Python bytecode is refused unless ``trust_pickle`` (that bytecode would run)."""
     p = Path(path)
     if not p.exists():
         raise InputError(f"model not found: {p}", "check the path")
@@ -203,8 +206,12 @@ def load_source(path: Path, *, signature: str | None = None) -> "TfSource":
     keras = _keras()
     try:
         with _quiet():
-            model = keras.saving.load_model(str(p), compile=False)
+            model = keras.saving.load_model(str(p), compile=False, safe_mode=not trust_pickle)
     except Exception as e:
+        if "safe_mode" in str(e) and not trust_pickle:
+            raise InputError(f"{p} holds a Lambda layer with Python bytecode, which would run on load: refused "
+                             "without --trust-pickle", "pass --trust-pickle (API: trust_pickle=True) only if you trust "
+                             "where the file came from, or rebuild the layer as a registered custom layer") from e
         raise InputError(f"{p} is not a loadable Keras model ({type(e).__name__}: {_first_line(e)})",
                          "check that it is a complete file written by model.save() (not save_weights); custom layers "
                          "must be imported and registered with @keras.saving.register_keras_serializable") from e

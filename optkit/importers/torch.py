@@ -110,8 +110,37 @@ def _state_dict_of(obj) -> dict | None:
     return None
 
 
-def load_source(path: Path, *, module: str | None = None) -> "TorchSource":
-    """A TorchSource for a file: TorchScript, torch.export program, full-model pickle, or a state_dict (+ module)."""
+TRUST_HINT = ("pass --trust-pickle (API: trust_pickle=True) only if you trust where the file came from; safer: save "
+              "model.state_dict() and pass --module pkg.mod:factory, or save TorchScript (torch.jit.save)")
+
+
+def _refuse(path: Path, what: str) -> InputError:
+    return InputError(f"{path} {what}, and unpickling runs code from the file: refused without --trust-pickle", TRUST_HINT)
+
+
+def _unsafe_global(e: BaseException, path: Path) -> str | None:
+    """What a weights_only load refused ('posix.system', '__main__.Net'), or None when the file is not a pickle at all
+    (junk, truncated): only a real pickle that needs more than tensors is worth the --trust-pickle question."""
+    import re
+
+    text = str(e)
+    m = re.search(r"GLOBAL ([\w.]+)", text)
+    if m:
+        return m.group(1).rstrip(".")
+    if "weights_only" not in text and "Unsupported global" not in text and "pickle" not in text.lower():
+        return None
+    if "Unsupported operand" in text and not zipfile.is_zipfile(path):
+        with open(path, "rb") as fh:
+            if fh.read(1) != b"\x80":  # a legacy torch.save starts with a pickle PROTO opcode
+                return None
+    return "objects outside plain tensors"
+
+
+def load_source(path: Path, *, module: str | None = None, trust_pickle: bool = False) -> "TorchSource":
+    """A TorchSource for a file: TorchScript, torch.export program, full-model pickle, or a state_dict (+ module).
+
+    Only TorchScript and tensors-only pickles (state_dicts, checkpoints) load by default: a whole pickled model and a
+    torch.export program are unpickled with code execution, so they need ``trust_pickle``."""
     import torch
 
     path = Path(path)
@@ -127,6 +156,8 @@ def load_source(path: Path, *, module: str | None = None) -> "TorchSource":
                              "save it again with torch.jit.save") from e
         return TorchSource(mod.eval(), f"TorchScript file {path}", "torchscript")
     if path.suffix.lower() == ".pt2" or _is_exported_program(path):
+        if not trust_pickle:  # torch.export.load unpickles weights and constants with weights_only=False
+            raise _refuse(path, "is a torch.export program (torch.export.load unpickles its weights and constants)")
         try:
             ep = torch.export.load(str(path))
         except Exception as e:
@@ -137,13 +168,17 @@ def load_source(path: Path, *, module: str | None = None) -> "TorchSource":
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
         trusted = True
     except Exception as e:
-        if "weights_only" not in str(e) and "Unsupported global" not in str(e) and "pickle" not in str(e).lower():
-            raise InputError(f"{path} is not a readable PyTorch file ({type(e).__name__}: {_first(e)})",
+        glob = _unsafe_global(e, path)
+        if glob is None:
+            why = "not a pickle or a torch zip archive" if "Weights only load failed" in str(e) else _first(e)
+            raise InputError(f"{path} is not a readable PyTorch file ({type(e).__name__}: {why})",
                              "pass a TorchScript file, a torch.save'd model or state_dict, or a .pt2 program") from e
+        if not trust_pickle:
+            raise _refuse(path, f"needs full unpickling (it references {glob}, not only tensors)") from None
         trusted = False
         obj = None
     if not trusted:
-        # a full-model pickle: unpickling runs code from the file, as torch.load(weights_only=False) always does
+        # the user opted in (--trust-pickle): unpickling runs code from the file, as torch.load(weights_only=False) does
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
