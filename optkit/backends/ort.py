@@ -118,8 +118,11 @@ class OrtBackend(Backend):
         dst = out_dir / "model.ort.onnx"
         so = session_options(threads, options.saved_level, options.inter_op_threads)
         so.optimized_model_filepath = str(dst)
-        if tensor_bytes(onnx.load(str(model_path), load_external_data=False)) >= EXTERNAL_DATA_THRESHOLD or \
-                os.path.getsize(model_path) >= EXTERNAL_DATA_THRESHOLD:
+        proto = onnx.load(str(model_path), load_external_data=False)
+        external = any(t.data_location == onnx.TensorProto.EXTERNAL for t in proto.graph.initializer)
+        # a model with external data gets its own data file beside the saved graph: left alone, ORT writes references
+        # to the source's data file, relative to a folder where it is not (found by loading what compile wrote)
+        if external or tensor_bytes(proto) >= EXTERNAL_DATA_THRESHOLD or os.path.getsize(model_path) >= EXTERNAL_DATA_THRESHOLD:
             so.add_session_config_entry("session.optimized_model_external_initializers_file_name", "model.ort.onnx.data")
         ort.InferenceSession(str(model_path), so, providers=["CPUExecutionProvider"])
         info.update({"artifact": str(dst.name), "saved_level": options.saved_level})
