@@ -310,6 +310,37 @@ def _details(met: dict) -> str:
     return ", ".join(f"{k} {fmt(v)}" for k, v in met.items() if k not in skip) or ""
 
 
+def merge_model(prev: dict, new: dict) -> dict:
+    """new's variants over prev's; the rest of new (or prev when new has no fp32 reference)."""
+    if not prev:
+        return new
+    base = dict(new if new.get("fp32") else prev)
+    base["variants"] = {**(prev.get("variants") or {}), **(new.get("variants") or {})}
+    if prev.get("error") and new.get("error") and prev["error"] != new["error"]:
+        base["error"] = prev["error"] + " | " + new["error"]
+    return base
+
+
+def merge(files: list[Path], out: Path | None) -> int:
+    env = environment()
+    date = dt.datetime.now(dt.timezone.utc).date().isoformat()
+    out = out or results_path(date, env)
+    doc = json.loads(out.read_text())
+    for f in files:
+        other = json.loads(f.read_text())
+        for n, r in other["models"].items():
+            doc["models"][n] = merge_model(doc["models"].get(n, {}), r)
+        doc["command"] += " ; " + other["command"]
+        if other.get("wall_seconds"):
+            doc.setdefault("extra_runs", []).append({"command": other["command"], "wall_seconds": other["wall_seconds"],
+                                                      "loadavg_start": other["environment"].get("loadavg_start"),
+                                                      "loadavg_end": other["environment"].get("loadavg_end")})
+    out.write_text(json.dumps(doc, indent=1, default=str))
+    out.with_suffix(".md").write_text(markdown(doc))
+    print(f"merged {', '.join(map(str, files))} into {out}")
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", help="comma-separated (default: all in manifest.json)")
@@ -318,6 +349,8 @@ def main(argv=None) -> int:
     ap.add_argument("--budget-per-run", type=float, help="timeout of each optkit/peer run in seconds (default 900 auto-ort, 300 others)")
     ap.add_argument("--cache", help="download cache (default ~/.cache/optkit-corpus)")
     ap.add_argument("--work", help="work dir for inputs and artifacts (default <cache>/work)")
+    ap.add_argument("--results", help="write to this JSON (and .md) instead of benchmarks/results/corpus-<date>.json")
+    ap.add_argument("--merge", help="comma-separated result JSONs of other runs (same day, same machine) to merge into today's file, then exit")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
@@ -328,11 +361,13 @@ def main(argv=None) -> int:
         one_model(a.one, recipes, not a.no_peers, a.budget_per_run, work, cache, Path(a.out))
         return 0
     names = a.models.split(",") if a.models else [m["name"] for m in fetch.manifest()["models"]]
+    if a.merge:
+        return merge([Path(x) for x in a.merge.split(",")], Path(a.results) if a.results else None)
     env = environment()
     env["loadavg_start"] = env.pop("loadavg")
     date = dt.datetime.now(dt.timezone.utc).date().isoformat()
     RESULTS.mkdir(parents=True, exist_ok=True)
-    out = results_path(date, env)
+    out = Path(a.results) if a.results else results_path(date, env)
     doc = json.loads(out.read_text()) if out.exists() else {"date": date, "models": {}}
     doc["environment"] = env
     doc["command"] = "python -m benchmarks.corpus " + " ".join(argv if argv is not None else sys.argv[1:])
@@ -340,7 +375,7 @@ def main(argv=None) -> int:
     per_model_budget = sum((a.budget_per_run or (900 if r.startswith("auto") else 300)) + 300 for r in recipes) + 900
     for n in names:
         t0 = time.perf_counter()
-        tmp = work / f"{n}.result.json"
+        tmp = work / f"{n}.{os.getpid()}.result.json"
         tmp.parent.mkdir(parents=True, exist_ok=True)
         tmp.unlink(missing_ok=True)
         cmd = [sys.executable, "-m", "benchmarks.corpus", "--one", n, "--out", str(tmp), "--recipes", ",".join(recipes),
@@ -355,11 +390,7 @@ def main(argv=None) -> int:
             r.setdefault("error", f"model run ended early (rc {c['rc']}): {first_error(c['stderr'])}")
         r["model_seconds"] = round(time.perf_counter() - t0, 1)
         prev = doc["models"].get(n, {})
-        if prev and set(recipes) != set(RECIPES):  # a partial re-run keeps the other variants
-            merged = dict(prev.get("variants") or {})
-            merged.update(r.get("variants") or {})
-            r["variants"] = merged
-        doc["models"][n] = r
+        doc["models"][n] = merge_model(prev, r) if set(recipes) != set(RECIPES) or a.no_peers else r  # a partial re-run keeps the other variants
         vs = ", ".join(f"{k}: rc {v.get('rc')} {fmt((v.get('metric') or {}).get('score'))} {fmt(v.get('speedup'), 2)}x"
                        for k, v in (r.get("variants") or {}).items())
         print(f"{n} ({r['model_seconds']:.0f} s): {r.get('error') or ''} {vs}", flush=True)
