@@ -13,7 +13,7 @@ def unstack(path) -> list[dict]:
     with np.load(path) as z:
         arrs = {k: z[k] for k in z.files if k != "labels"}
     n = len(next(iter(arrs.values())))
-    return [{k: v[i] for k, v in arrs.items()} for i in range(n)]
+    return [{k: np.asarray(v[i]) for k, v in arrs.items()} for i in range(n)]  # a stacked rank-0 input stays a 0-d array
 
 
 def main(argv=None) -> int:
