@@ -77,6 +77,8 @@ def speedup(ref_sess, var_sess, feed, rounds=5, round_time=0.3) -> dict:
 
 def first_error(stderr: str) -> str | None:
     lines = [l.strip() for l in (stderr or "").splitlines() if l.strip()]
+    if any(l.startswith("Traceback") for l in lines):  # a Python traceback: its last line says what happened
+        return lines[-1][:400]
     for l in lines:
         if re.search(r"(error|Error|ERROR|Traceback|exception|failed|FAIL|Killed|Abort)", l) and "Warning" not in l:
             return l[:400]
@@ -187,6 +189,8 @@ def one_model(name: str, recipes: list[str], peers: bool, budget: float | None, 
             tol = man.get("tolerance")
             if tol:
                 info["tolerance"] = {k: tol.get(k) for k in ("criterion", "passed", "missed_by", "trials", "judged_on")}
+                info["candidates"] = [{k: c_.get(k) for k in ("candidate", "speedup_vs_input", "passed", "skipped", "reverted", "chosen") if k in c_}
+                                      for c_ in man.get("candidates") or []]
                 info["chosen"] = next((c_["candidate"] for c_ in man.get("candidates") or [] if c_.get("chosen")), None)
             guard = (man.get("guard") or {}).get("final")
             if guard:
@@ -293,7 +297,10 @@ def markdown(doc: dict) -> str:
             if v.get("chosen") is not None or v.get("tolerance"):
                 t = v.get("tolerance") or {}
                 extra = f" (chose {v.get('chosen')}; tolerance {'met' if t.get('passed') else 'MISSED'})"
-            err = (v.get("error") or v.get("measure_error") or "").replace("|", "/")[:220]
+            err = v.get("error") or v.get("measure_error") or ""
+            if err.startswith("Traceback") and v.get("stderr_tail"):
+                err = v["stderr_tail"].strip().splitlines()[-1]
+            err = err.replace("|", "/")[:220]
             L.append(f"| {name} | {k}{extra} | {v.get('rc')} | {fmt(met.get('score'))} | {_details(met)} | "
                      f"{fmt(v.get('speedup'), 2)} | {fmt(v['bytes'] / 1e6 if v.get('bytes') else None, 2)} | "
                      f"{fmt(v.get('optimize_seconds'), 1)} | {err} |")
