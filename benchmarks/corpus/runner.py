@@ -115,7 +115,7 @@ def one_model(name: str, recipes: list[str], peers: bool, budget: float | None, 
     res: dict = {"model": name, "family": m["family"], "exporter": m["exporter"], "package": m["wheel"],
                  "version": fetch.manifest()["wheels"][m["wheel"]]["version"], "member": m["member"],
                  "licence": fetch.manifest()["wheels"][m["wheel"]]["licence"], "ir": m["ir"], "opset": m["opset"],
-                 "metric_kind": m["metric"], "variants": {}}
+                 "metric_kind": m["metric"], "variants": {}, "loadavg_start": os.getloadavg()}
 
     def save():
         out_json.write_text(json.dumps(res, indent=1, default=str))
@@ -220,6 +220,7 @@ def one_model(name: str, recipes: list[str], peers: bool, budget: float | None, 
                 res["variants"][p] = info
                 save()
     res["done"] = True
+    res["loadavg_end"] = os.getloadavg()
     save()
 
 
@@ -284,7 +285,9 @@ def markdown(doc: dict) -> str:
         L.append(f"| {name} | {r.get('package')} {r.get('version')} ({r.get('licence')}) | {r.get('family')} | {r.get('exporter')} | "
                  f"{r.get('ir')}/{r.get('opset')} | {inp.get('eval_feeds', '-')} x {inp.get('shapes', '-')} | "
                  f"{((r.get('fp32') or {}).get('metric') or {}).get('metric', r.get('metric_kind'))} |")
-    L += ["", "## Results", "", "| model | variant | rc | fidelity | details | speedup | MB | optimize s | error |", "|---|---|---|---|---|---|---|---|---|"]
+    L += ["", "## Results", "", "Load average (1 min) while each model ran, when recorded: " + ", ".join(
+        f"{n} {r['loadavg_start'][0]:.0f}-{r['loadavg_end'][0]:.0f}" for n, r in doc["models"].items() if r.get("loadavg_start") and r.get("loadavg_end")) + ".",
+          "", "| model | variant | rc | fidelity | details | speedup | MB | optimize s | error |", "|---|---|---|---|---|---|---|---|---|"]
     for name, r in doc["models"].items():
         if r.get("error"):
             L.append(f"| {name} | - | - | - | - | - | - | - | {r['error'][:200]} |")
