@@ -343,6 +343,31 @@ def check(before: onnx.ModelProto, after: onnx.ModelProto, feeds: list[dict], th
     return {"checked": True, "diff": without_outputs(diff)}
 
 
+def _fix_output_declarations(model: onnx.ModelProto, feed: dict, threads: int = 1) -> list[str]:
+    """Graph outputs whose declared shape disagrees with what the model returns (seen: ddddocr declares [1, seqlen]
+    and returns [seqlen, 1, 8210]) lose the declaration: shape-trusting passes (onnxsim, onnxslim) would otherwise
+    reshape the output to the wrong declaration. The returned shape is what the notes record."""
+    from .backends.ort import OrtSession
+
+    try:
+        with OrtSession(model, threads=threads, level="basic") as s:
+            got = s.run(feed)
+    except Exception:  # a model that does not run here is reported by the numerics check, not by this step
+        return []
+    notes = []
+    for o in model.graph.output:
+        tt = o.type.tensor_type if o.type.HasField("tensor_type") else None
+        if tt is None or not tt.HasField("shape") or o.name not in got:
+            continue
+        declared = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in tt.shape.dim]
+        shape = list(got[o.name].shape)
+        if len(declared) != len(shape) or any(isinstance(d, int) and d != g for d, g in zip(declared, shape)):
+            tt.ClearField("shape")
+            notes.append(f"output {o.name!r} is declared {declared} but the model returns {shape}: the declaration "
+                         "was dropped (passes that trust it would reshape the output)")
+    return notes
+
+
 def ingest(model: onnx.ModelProto, feeds_for, threads: int = 1, source_files: list | None = None,
            max_feeds: int = 8) -> tuple[onnx.ModelProto, dict]:
     """Normalize, then check numerics on ``feeds_for(normalized_model)`` (the sample feeds, built from the normalized
@@ -353,10 +378,13 @@ def ingest(model: onnx.ModelProto, feeds_for, threads: int = 1, source_files: li
         ext = sum(f.stat().st_size for f in source_files[1:] if f.exists())
         notes.append(f"weights loaded from external data: {len(source_files) - 1} file(s), {ext:,} bytes "
                      "(counted in the model size)")
+    all_feeds = feeds_for(out)[:max_feeds]
+    if all_feeds:
+        notes += _fix_output_declarations(out, all_feeds[0], threads)
     modified = bool(notes) and not all(n.startswith("weights loaded") for n in notes)
     entry = {"pass": "ingest", "config": {}, "exact": True, "nodes_before": len(model.graph.node),
              "bytes_before": model_bytes(model), "modified": modified}
-    feeds = feeds_for(out)[:max_feeds] if modified else []
+    feeds = all_feeds if modified else []
     if feeds:
         checked = check(model, out, feeds, threads)
         if checked["checked"]:
