@@ -238,6 +238,7 @@ def optimize(model, recipe: str | Path | Recipe, *, data: str | Path | None = No
             "candidates": candidates,
             "warnings": list(samples.warnings),
             "environment": environment(),
+            "reproduce": _reproduce(model, recipe, rec, data, eval_data, tolerance, metric, targets, threads, output),
         }
         write_json(staged.stage / MANIFEST, manifest)
     manifest["artifact"] = str(staged.path)
@@ -252,6 +253,26 @@ def optimize(model, recipe: str | Path | Recipe, *, data: str | Path | None = No
                             f"the best candidate is saved at {staged.path}",
                             "raise --tolerance or --budget, or pass --allow-miss to accept it")
     return manifest
+
+
+def _reproduce(model, recipe, rec, data, eval_data, tolerance, metric, targets, threads, output) -> dict:
+    """The command line that reproduces this artifact (the CLI's own argv, else an equivalent one), optkit's version
+    and the resolved recipe's hash."""
+    import shlex
+
+    from .log import command
+    from .verdict import reproduce_record
+
+    cmd = command()
+    if cmd is None or " optimize " not in f"{cmd} ":
+        args = ["optkit", "optimize", str(model), "--recipe", recipe if isinstance(recipe, (str, Path)) else rec.name]
+        for flag, v in (("--data", data), ("--eval-data", eval_data), ("--tolerance", tolerance),
+                        ("--metric", None if metric == "auto" else metric), ("--backend", ",".join(targets)),
+                        ("--threads", threads if threads != 1 else None), ("--output", output)):
+            if v is not None:
+                args += [flag, str(v)]
+        cmd = shlex.join(args)
+    return reproduce_record(cmd, rec.to_dict())
 
 
 def _compile_extra(name, rec, model_path, out_dir, threads, shapes, warn) -> dict:
