@@ -22,6 +22,7 @@ import numpy as np
 import onnx
 
 from .errors import InputError
+from .log import trial as trial_log
 from .metrics import compare, top1
 
 
@@ -282,6 +283,7 @@ def _trial(p_cls, cfg, model, ctx, ref_out, feeds, labels, tuning: Tuning, label
         rec["speedup_vs_before"] = speed["median"]
         rec["speed"] = speed
     tuning.trials_run += 1
+    trial_log(p_cls.name, rec, tuning)
     return res, judged, rec
 
 
