@@ -47,3 +47,9 @@ class ExportError(OptkitError):
     (parity check) beyond the tolerance."""
 
     exit_code = 6
+
+
+class GateFailed(OptkitError):
+    """A CI gate of ``optkit bench`` (--min-speedup / --min-cosine / --min-top1) was missed."""
+
+    exit_code = 7

@@ -764,6 +764,8 @@ def tune(model_or_artifact, *, backends="ort", precisions="fp32,int8", threads=N
     if objective not in OBJECTIVES:
         raise InputError(f"--objective must be one of {', '.join(OBJECTIVES)}; got {objective!r}", "pick one")
     sampler = resolve_sampler(sampler)
+    if sampler != "grid":
+        _optuna()  # a missing optuna fails here, before any variant is built or calibrated
     slo_terms = parse_slo(slo)
     parse_tolerance(tolerance)
     if rounds < 1 or round_time <= 0:
