@@ -152,7 +152,9 @@ def main(argv=None) -> Path | None:
 
     a.results.mkdir(parents=True, exist_ok=True)
     date = started.date().isoformat()
-    out = a.results / f"suite-{'quick-' if a.quick else ''}{date}.json"
+    from . import result_path
+
+    out = result_path(f"suite-{'quick-' if a.quick else ''}".rstrip("-"), a.results, reuse=bool(a.only))
     if a.only and out.exists():  # a partial run replaces its models' entries in today's file
         prev = json.loads(out.read_text())
         kept = {r["key"]: r for r in prev.get("models", []) if r["key"] not in keys}
