@@ -227,6 +227,9 @@ class _RichProgress:
     def start(self, description, total=None):
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+        if not err.is_terminal:  # piped (CI logs, files): the log lines say what runs; a bar would leave blank lines
+            return
+
         self._p = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                            console=err, transient=True)
         self._p.start()

@@ -473,6 +473,13 @@ def _verdict_html(a: dict, several: bool) -> str:
     return "".join(o) + "</div>"
 
 
+def _note(text: str) -> str:
+    """A pass note as the recipe YAML spells options (per_channel=true), not as Python prints them (=True/None)."""
+    import re
+
+    return re.sub(r"=(True|False|None)\b", lambda m: "=" + {"None": "none"}.get(m.group(1), m.group(1).lower()), str(text))
+
+
 def _join(x) -> str:
     """Lists and dicts as people write them ('ai.onnx 17, com.microsoft 1'; '1, 2'), never as Python reprs."""
     if isinstance(x, dict):
@@ -593,7 +600,7 @@ def _artifact_html(a: dict, several: bool) -> str:
                  f"<td>{p['seconds']:.2f} s</td><td>{fmt_diff(p['vs_previous'])}</td><td>{fmt_diff(p['vs_input'])}</td>"
                  f"<td>{'-' if p['top1'] is None else format(p['top1'], '.2%')}</td></tr>")
         if p["notes"]:
-            o.append(f"<tr><td></td><td colspan=6 class='l muted small'>{'<br>'.join(_e(n) for n in p['notes'])}</td></tr>")
+            o.append(f"<tr><td></td><td colspan=6 class='l muted small'>{'<br>'.join(_e(_note(n)) for n in p['notes'])}</td></tr>")
     o.append("</table>")
     tol = a.get("tolerance")
     if tol:
