@@ -308,6 +308,8 @@ def _pick_candidate(prefix, candidates, ctx, tuning, original, on_pass, evals, e
             rows.append({"candidate": cname, "skipped": "time budget spent"})
             continue
         own = dataclasses.replace(tuning, trials_run=0)  # each candidate gets the full trial budget
+        __import__("optkit.log").log.step("candidate %d/%d %s: %s", order + 1, len(candidates), cname,
+                                          " → ".join(p.name for p in cpasses) or "(no passes)")
         try:
             sub = Pipeline(cpasses, ctx, tuning=own, eval_samples=evals, max_check_feeds=eval_feeds).run(prefix.model)
         except (OptkitError, Exception) as e:  # noqa: BLE001 - one candidate's failure is recorded, the others go on

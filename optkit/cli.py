@@ -433,7 +433,7 @@ def _print_plan(p: dict) -> None:
         t.add_column(col, overflow="fold")
     for i, x in enumerate(p["passes"], 1):
         t.add_row(str(i), escape(x["pass"]) + (f" [dim]({escape(x['candidate'])})[/]" if x.get("candidate") else ""),
-                  "yes" if x["exact"] else "no", escape(", ".join(f"{k}={v}" for k, v in x["options"].items()) or "-"))
+                  "yes" if x["exact"] else "no", escape(", ".join(f"{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in x["options"].items()) or "-"))
     out.print(t)
     for k in ("model", "calibration", "judged_on", "gate", "search", "guard", "writes"):
         out.print(f"  {k.replace('_', ' ')}: {escape(str(p[k]))}", highlight=False)
@@ -718,6 +718,10 @@ def report(
                   "★" if p.get("pareto") else "")
     if rep["variants"]:
         out.print(t)
+        for d in rep.get("same_model_twice") or []:
+            _warn(f"the same model {d['model']} was measured {len(d['keys'])} times: p50 "
+                  f"{', '.join(f'{x:.3f}' for x in d['p50_ms'])} ms ({d['spread']:.0%} apart) - run-to-run noise between "
+                  "separate bench runs; compare the speedups (each alternating with its reference), not p50s across runs")
     else:
         out.print("no bench results in these artifacts yet: run optkit bench ARTIFACT to add latency to the report",
                   highlight=False)
