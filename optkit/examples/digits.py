@@ -85,7 +85,13 @@ def require_extras() -> None:
     """The example trains with torch and loads scikit-learn's digits: say how to get them, once, before any work."""
     import importlib.util
 
-    missing = [m for m, pkg in (("torch", "torch"), ("sklearn", "scikit-learn")) if importlib.util.find_spec(m) is None]
+    def absent(mod: str) -> bool:
+        try:
+            return importlib.util.find_spec(mod) is None
+        except (ImportError, ValueError):
+            return True
+
+    missing = [pkg for mod, pkg in (("torch", "torch"), ("sklearn", "scikit-learn")) if absent(mod)]
     if missing:
         raise SystemExit(f"error: the digits example needs {' and '.join(missing)}, which {'is' if len(missing) == 1 else 'are'} "
                          "not installed; pip install 'optkit[dev]' (or: pip install torch scikit-learn)")
