@@ -537,8 +537,7 @@ def bench(
               threads=threads, batch=batch, rounds=rounds, round_time=round_time, warn=_warn,
               times=export_times is not None)
     if export_times is not None:
-        times = res.pop("times_ms", None) or {r.get("backend", "?") + "/" + r.get("variant", "?"): r.get("times_ms")
-                                               for r in res.get("rows", []) if r.get("times_ms")}
+        times = res.pop("times_ms", None) or {}
         write_json(export_times, {"unit": "ms", "protocol": res.get("protocol"), "times_ms": times})
     man = None
     if "rows" not in res:
@@ -554,6 +553,10 @@ def bench(
         return
     if "rows" in res:
         _print_matrix(res)
+        ld = res.get("load") or {}
+        if ld.get("cores") and max(ld.get("before", 0), ld.get("after", 0)) > 0.75 * ld["cores"]:
+            _warn(f"machine loaded while timing: load average {max(ld['before'], ld['after']):.1f} on {ld['cores']} "
+                  "core(s): every row carries other processes' noise")
         _bench_gates(res, min_speedup, min_cosine, min_top1)
         return
     for _, text in noise_rules(res):

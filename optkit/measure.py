@@ -123,7 +123,7 @@ def bench(target: str | Path, *, backend: str | None = None, reference: str | Pa
     names = parse_backends(backend, artifact_backend(man))
     if len(names) > 1:
         return bench_matrix(t, names, reference=reference, data=data, shapes=shapes, threads=threads, batch=batch,
-                            rounds=rounds, round_runs=round_runs, round_time=round_time, warn=warn, save=save)
+                            rounds=rounds, round_runs=round_runs, round_time=round_time, warn=warn, save=save, times=times)
     backend = names[0]
     be = get_backend(backend)
     st = be.status()
@@ -263,7 +263,7 @@ def precision_of(model) -> str:
 
 
 def bench_matrix(t: dict, names: list[str], *, reference, data, shapes, threads, batch, rounds, round_runs, round_time,
-                 warn, save: bool = True) -> dict:
+                 warn, save: bool = True, times: bool = False) -> dict:
     """One recipe's result on every backend: the candidate on each available backend and the reference on ORT,
     timed alternately in one protocol; accuracy of every row against the reference's outputs."""
     man = t["manifest"]
@@ -334,11 +334,15 @@ def bench_matrix(t: dict, names: list[str], *, reference, data, shapes, threads,
                 d = compare(ref_outs, outs[row["key"]])
                 acc["vs_reference"] = {k: v for k, v in d.items() if k != "outputs"}
             row["accuracy"] = acc
+        load = machine_load()
         timing = time_sessions(sessions, first, rounds=rounds, round_runs=round_runs, round_time=round_time,
-                               batch=feed_batch) if sessions else {}
+                               batch=feed_batch, keep_times=times) if sessions else {}
+        if load:
+            load["after"] = machine_load()["before"]
     finally:
         for s in sessions.values():
             s.close()
+    all_times = {k: v.pop("times_ms") for k, v in timing.items() if "times_ms" in v}
     for row in rows:
         if row["key"] in timing:
             row["latency"] = timing[row["key"]]
@@ -351,8 +355,10 @@ def bench_matrix(t: dict, names: list[str], *, reference, data, shapes, threads,
         "data": {"feeds": len(samples), "synthetic": samples.synthetic, "source": samples.source},
         "protocol": {"rounds": rounds, "round_runs": round_runs, "round_time_s": round_time, "warmup_runs": 10,
                      "warmup_time_s": 0.2, "alternating": len(sessions) > 1},
-        "environment": environment(),
+        "load": load, "environment": environment(),
     }
+    if times:
+        result["times_ms"] = all_times
     if man is not None:
         result["recipe"] = man["recipe"]["name"]
     return _keep(t, result, save, warn)
