@@ -299,3 +299,24 @@ def test_benchmark_results_never_overwrite(tmp_path):
     assert second != first and second.name.endswith("-2.json")
     assert result_path("tvm_vs_ort", tmp_path, reuse=True) == first
     assert "DATE = " not in (Path(__file__).parent.parent / "benchmarks" / "tvm_vs_ort.py").read_text()
+
+
+def test_quiet_and_log_file(tmp_path, fp32_artifact):
+    art, _ = fp32_artifact
+    log = tmp_path / "optkit.log"
+    r = run_cli("-q", "--log-file", log, "bench", art, "--rounds", "2", "--round-time", "0.02", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "bench round" not in r.stderr  # -q: progress off on stderr ...
+    text = log.read_text()
+    assert "bench round 1/2" in text and "INFO optkit" in text  # ... but every line, timestamped, in the file
+
+
+def test_library_users_get_progress_through_logging(caplog, cnn_files):
+    import logging
+
+    import optkit
+
+    with caplog.at_level(logging.INFO, logger="optkit"):
+        logging.getLogger("optkit").propagate = True
+        optkit.bench(cnn_files["model"], rounds=2, round_time=0.02, save=False)
+    assert any("bench round 2/2" in r.getMessage() for r in caplog.records)
