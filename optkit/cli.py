@@ -483,7 +483,9 @@ def import_(
     fmt = _check_format(fmt)
     out_file = out_file or out_alias
     if out_file is None:
-        raise typer.BadParameter("give the ONNX file to write with -o/--output FILE.onnx", param_hint="'--output'")
+        from .errors import InputError
+
+        raise InputError("optkit import needs the ONNX file to write", "give it with -o/--output FILE.onnx")
     opts = _import_options(module, dtype, dynamic, opset, exporter, input_names, output_names, signature, parity_tol)
     imp = export(model, None, out_file, data=data, shapes=parse_shape_args(shape), warn=_warn, **opts)
     if fmt == "json":
