@@ -38,3 +38,17 @@ def result_path(name: str, results: Path = RESULTS, *, reuse: bool = False) -> P
         path = Path(results) / f"{base}-{k}.json"
         k += 1
     return path
+
+
+def one_line_warnings() -> None:
+    """Python warnings from the libraries a benchmark drives (numpy's divide/overflow in plain-library baselines,
+    onnxruntime, torch): one line each, once per message and place, instead of the source echo."""
+    import sys
+    import warnings
+    from pathlib import Path as _P
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        first = str(message).strip().splitlines()[0] if str(message).strip() else ""
+        print(f"warning: {first} ({category.__name__}, from {_P(filename).name}:{lineno})", file=sys.stderr)
+
+    warnings.showwarning = show

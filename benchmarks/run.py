@@ -79,6 +79,9 @@ def run_model(key: str, work: Path, a, peaks: dict, tolerance: float, log) -> di
 
 
 def main(argv=None) -> Path | None:
+    from . import one_line_warnings
+
+    one_line_warnings()
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="small encoder, fewer feeds and rounds (tests, smoke runs)")
     ap.add_argument("--only", default=None, help=f"comma list of models to run: {', '.join(MODELS)}")
