@@ -12,6 +12,7 @@ from .artifact import MANIFEST, MANIFEST_SCHEMA, staged_version, write_json
 from .backends import get_backend
 from .data import get_samples, resolve_shapes
 from .env import environment
+from .log import step
 from .errors import InputError, ToleranceMiss
 from .hw import cpu_features
 from .metrics import top1
@@ -308,8 +309,7 @@ def _pick_candidate(prefix, candidates, ctx, tuning, original, on_pass, evals, e
             rows.append({"candidate": cname, "skipped": "time budget spent"})
             continue
         own = dataclasses.replace(tuning, trials_run=0)  # each candidate gets the full trial budget
-        __import__("optkit.log").log.step("candidate %d/%d %s: %s", order + 1, len(candidates), cname,
-                                          " → ".join(p.name for p in cpasses) or "(no passes)")
+        step("candidate %d/%d %s: %s", order + 1, len(candidates), cname, " → ".join(p.name for p in cpasses) or "(no passes)")
         try:
             sub = Pipeline(cpasses, ctx, tuning=own, eval_samples=evals, max_check_feeds=eval_feeds).run(prefix.model)
         except (OptkitError, Exception) as e:  # noqa: BLE001 - one candidate's failure is recorded, the others go on

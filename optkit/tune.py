@@ -22,7 +22,7 @@ import numpy as np
 import onnx
 
 from .errors import InputError
-from .log import trial as trial_log
+from .log import trial_logged
 from .metrics import compare, top1
 
 
@@ -259,6 +259,7 @@ def quant_variants(p) -> list:
     return uniq
 
 
+@trial_logged
 def _trial(p_cls, cfg, model, ctx, ref_out, feeds, labels, tuning: Tuning, label: dict, before: onnx.ModelProto) -> tuple:
     from .errors import PassError
 
@@ -283,7 +284,6 @@ def _trial(p_cls, cfg, model, ctx, ref_out, feeds, labels, tuning: Tuning, label
         rec["speedup_vs_before"] = speed["median"]
         rec["speed"] = speed
     tuning.trials_run += 1
-    trial_log(p_cls.name, rec, tuning)
     return res, judged, rec
 
 
