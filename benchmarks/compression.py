@@ -127,7 +127,9 @@ def main(argv=None) -> Path:
             results.append(bench_digits(work, a.rounds, a.round_time, a.tolerance))
         if a.only in (None, "encoder"):
             results.append(bench_encoder(work, a.rounds, a.round_time, a.tolerance))
-    out = RESULTS / f"compression-{dt.date.today().isoformat()}.json"
+    from . import result_path
+
+    out = result_path("compression", RESULTS, reuse=bool(a.only))
     if a.only and out.exists():  # a partial run replaces its model's rows in today's file
         kept = [r for r in json.loads(out.read_text())["results"] if not r["model"].lower().startswith(a.only[:3])]
         results = sorted(kept + results, key=lambda r: not r["model"].startswith("digits"))

@@ -331,7 +331,9 @@ def main(argv=None) -> Path | None:
            "arm_labels": {k: ARMS[k] for k in arms}, "protocol_notes": PROTOCOL_NOTES, "results": res,
            "verdict": verdict(res), "environment": environment()}
     RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"distill-{dt.date.today().isoformat()}.json"
+    from . import result_path
+
+    path = result_path("distill", RESULTS)
     path.write_text(json.dumps(out, indent=2, default=str))
     md = markdown(out)
     path.with_suffix(".md").write_text(md)

@@ -134,7 +134,9 @@ def main(argv=None) -> Path:
     with tempfile.TemporaryDirectory(prefix="optkit-bench-") as d:
         work = Path(d)
         results = [bench_digits(work, a.rounds, a.round_time), bench_encoder(work, a.rounds, a.round_time)]
-    out = RESULTS / f"int8_vs_fp32-{dt.date.today().isoformat()}.json"
+    from . import result_path
+
+    out = result_path("int8_vs_fp32", RESULTS)
     out.write_text(json.dumps({"benchmark": "int8_vs_fp32", "threads": 1, "rounds": a.rounds,
                                "round_time_s": a.round_time, "results": results, "environment": environment()}, indent=2))
     md = markdown(results)

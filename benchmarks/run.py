@@ -79,6 +79,9 @@ def run_model(key: str, work: Path, a, peaks: dict, tolerance: float, log) -> di
 
 
 def main(argv=None) -> Path | None:
+    from . import one_line_warnings
+
+    one_line_warnings()
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="small encoder, fewer feeds and rounds (tests, smoke runs)")
     ap.add_argument("--only", default=None, help=f"comma list of models to run: {', '.join(MODELS)}")
@@ -152,7 +155,9 @@ def main(argv=None) -> Path | None:
 
     a.results.mkdir(parents=True, exist_ok=True)
     date = started.date().isoformat()
-    out = a.results / f"suite-{'quick-' if a.quick else ''}{date}.json"
+    from . import result_path
+
+    out = result_path(f"suite-{'quick-' if a.quick else ''}".rstrip("-"), a.results, reuse=bool(a.only))
     if a.only and out.exists():  # a partial run replaces its models' entries in today's file
         prev = json.loads(out.read_text())
         kept = {r["key"]: r for r in prev.get("models", []) if r["key"] not in keys}

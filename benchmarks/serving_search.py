@@ -215,7 +215,9 @@ def main(argv=None) -> Path:
     if a.note:
         doc["note"] = a.note
     doc["environment"] = environment()
-    out = a.out or RESULTS / f"serving_search-{dt.date.today().isoformat()}.json"
+    from . import result_path
+
+    out = a.out or result_path("serving_search", RESULTS)
     out.write_text(json.dumps(doc, indent=2))
     md = markdown(doc)
     out.with_suffix(".md").write_text(md)

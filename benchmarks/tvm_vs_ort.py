@@ -28,7 +28,6 @@ from optkit.measure import speedup, time_sessions
 from optkit.metrics import compare
 
 RESULTS = Path(__file__).parent / "results"
-DATE = "2026-11-25"
 
 
 def tuner_table(log: str | None) -> list[dict]:
@@ -179,9 +178,12 @@ def main(argv=None) -> Path:
                                          a.rounds, a.round_time, a.eval))
     env = environment()
     cpu = env.get("cpu") or {}
-    meta = {"date": DATE, "rounds": a.rounds, "round_time_s": a.round_time, "tvm": tvm_version(),
+    from . import result_path, stamp
+
+    st = stamp()
+    meta = {"date": st["date"], "isa": st["isa"], "versions": st["versions"], "rounds": a.rounds, "round_time_s": a.round_time, "tvm": tvm_version(),
             "cpu": f"{cpu.get('model')}, {cpu.get('logical_cores')} logical cores (shared machine)"}
-    out = RESULTS / f"tvm_vs_ort-{DATE}.json"
+    out = result_path("tvm_vs_ort", RESULTS)
     out.write_text(json.dumps({"benchmark": "tvm_vs_ort", "threads": 1, **meta, "results": results,
                                "wall_seconds": round(time.perf_counter() - started, 1), "environment": env}, indent=2,
                               default=str))

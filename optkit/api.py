@@ -13,6 +13,7 @@ from .backends import get_backend
 from .data import get_samples, resolve_shapes
 from .env import environment
 from .errors import InputError, PassError, ToleranceMiss
+from .log import step
 from .hw import cpu_features
 from .metrics import top1
 from .model import load_model, model_files, model_info, save_model, sha256_file, signature
@@ -278,6 +279,7 @@ def optimize(model, recipe: str | Path | Recipe, *, data: str | Path | None = No
             "candidates": candidates,
             "warnings": list(samples.warnings),
             "environment": environment(),
+            "reproduce": _reproduce(model, recipe, rec, data, eval_data, tolerance, metric, targets, threads, output),
         }
         seal(staged.stage, manifest)  # the sha256 of every file written above, checked whenever it is used
     manifest["artifact"] = str(staged.path)
@@ -309,6 +311,26 @@ def _ingest(m_in, model, data, shapes, threads):
     m, entry = ingest(m_in, feeds_for, threads=threads, source_files=src_files)
     samples = built.get("samples") or get_samples(m, data, shapes)
     return m, entry, samples
+
+
+def _reproduce(model, recipe, rec, data, eval_data, tolerance, metric, targets, threads, output) -> dict:
+    """The command line that reproduces this artifact (the CLI's own argv, else an equivalent one), optkit's version
+    and the resolved recipe's hash."""
+    import shlex
+
+    from .log import command
+    from .verdict import reproduce_record
+
+    cmd = command()
+    if cmd is None or " optimize " not in f"{cmd} ":
+        args = ["optkit", "optimize", str(model), "--recipe", recipe if isinstance(recipe, (str, Path)) else rec.name]
+        for flag, v in (("--data", data), ("--eval-data", eval_data), ("--tolerance", tolerance),
+                        ("--metric", None if metric == "auto" else metric), ("--backend", ",".join(targets)),
+                        ("--threads", threads if threads != 1 else None), ("--output", output)):
+            if v is not None:
+                args += [flag, str(v)]
+        cmd = shlex.join(args)
+    return reproduce_record(cmd, rec.to_dict())
 
 
 def _compile_extra(name, rec, model_path, out_dir, threads, shapes, warn) -> dict:
@@ -344,6 +366,7 @@ def _pick_candidate(prefix, candidates, ctx, tuning, original, on_pass, evals, e
             rows.append({"candidate": cname, "skipped": "time budget spent"})
             continue
         own = dataclasses.replace(tuning, trials_run=0)  # each candidate gets the full trial budget
+        step("candidate %d/%d %s: %s", order + 1, len(candidates), cname, " → ".join(p.name for p in cpasses) or "(no passes)")
         try:
             sub = Pipeline(cpasses, ctx, tuning=own, eval_samples=evals, max_check_feeds=eval_feeds).run(prefix.model)
         except PassError as e:  # a candidate that refuses this model (INT8 on float16 compute, say): skipped, said why

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import sys
+from enum import Enum
 from pathlib import Path
 from typing import List, Optional
 
@@ -14,7 +16,9 @@ from rich.table import Table
 
 from .report import fmt_bytes, fmt_count, fmt_diff
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+CONTEXT = {"help_option_names": ["-h", "--help"]}
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, context_settings=CONTEXT,
+                  rich_markup_mode="rich",
                   help="Offline inference optimization: ONNX passes, INT8/FP16 quantization, backends, measured latency and accuracy.")
 # Piped output (CI logs, files) gets a wide console instead of rich's 80-column default.
 out = Console(width=None if sys.stdout.isatty() else 160)
@@ -22,14 +26,59 @@ out = Console(width=None if sys.stdout.isatty() else 160)
 err = Console(stderr=True, width=None if sys.stderr.isatty() else 160, soft_wrap=True)
 _DEBUG = False
 
-FormatOpt = typer.Option("table", "--format", help="table (rich) or json", case_sensitive=False)
+
+
+class Format(str, Enum):
+    table = "table"
+    json = "json"
+
+
+class Exporter(str, Enum):
+    auto = "auto"
+    dynamo = "dynamo"
+    torchscript = "torchscript"
+    tf2onnx = "tf2onnx"
+
+
+class Objective(str, Enum):
+    throughput = "throughput"
+    latency = "latency"
+    cost = "cost"
+
+
+class Sampler(str, Enum):
+    auto = "auto"
+    gp = "gp"
+    tpe = "tpe"
+    random = "random"
+    grid = "grid"
+
+
+def _check_metric(value: str) -> str:
+    """--metric stays a string (OUTPUT=KIND lists) but is validated before any work."""
+    from .errors import InputError
+    from .fidelity import parse_metric
+
+    try:
+        parse_metric(value)
+    except InputError as e:
+        raise typer.BadParameter(str(e)) from None
+    return value
+
+
+def _examples(*lines: str) -> str:
+    """An 'Examples' block for a command's help (rich markup mode keeps the lines)."""
+    return "[bold]Examples[/]\n\n" + "\n\n".join(f"  [cyan]{escape(x)}[/]" for x in lines)
+
+
+FormatOpt = typer.Option(Format.table, "--format", help="table (rich) or json", case_sensitive=False)
 ShapeOpt = typer.Option(None, "--shape", help="static shape for an input, NAME=1x3x224x224 (repeatable)")
 _IMPORT = "Import (PyTorch / TensorFlow models)"
 ModuleOpt = typer.Option(None, "--module", help="pkg.mod:factory or file.py:factory that builds the model a state_dict belongs to", rich_help_panel=_IMPORT)
 DtypeOpt = typer.Option(None, "--dtype", help="dtype of an input given by --shape, NAME=int64 (repeatable; default float32)", rich_help_panel=_IMPORT)
 DynamicOpt = typer.Option(None, "--dynamic", help="dynamic axes: batch, seq, NAME:AXIS[=label], comma-separated; none = static (default batch)", rich_help_panel=_IMPORT)
 OpsetOpt = typer.Option(None, "--opset", help="ONNX opset (default: 18 dynamo, 17 TorchScript/tf2onnx)", rich_help_panel=_IMPORT)
-ExporterOpt = typer.Option("auto", "--exporter", help="auto (dynamo, then TorchScript) | dynamo | torchscript | tf2onnx", rich_help_panel=_IMPORT)
+ExporterOpt = typer.Option(Exporter.auto, "--exporter", case_sensitive=False, help="auto = dynamo, then TorchScript", rich_help_panel=_IMPORT)
 InNamesOpt = typer.Option(None, "--input-names", help="comma-separated input names, in forward() order", rich_help_panel=_IMPORT)
 OutNamesOpt = typer.Option(None, "--output-names", help="comma-separated output names", rich_help_panel=_IMPORT)
 SignatureOpt = typer.Option(None, "--signature", help="SavedModel signature key (default serving_default)", rich_help_panel=_IMPORT)
@@ -48,7 +97,7 @@ def _import_options(module, dtype, dynamic, opset, exporter, input_names, output
         raise InputError(f"bad --parity-tol {parity_tol!r}", "use RTOL,ATOL, e.g. --parity-tol 1e-3,1e-4") from None
     split = lambda v: [x.strip() for x in v.split(",") if x.strip()] if v else None  # noqa: E731
     opts = {"module": module, "dtypes": parse_dtypes(dtype), "dynamic": dynamic, "opset": opset,
-            "exporter": exporter.lower(), "input_names": split(input_names), "output_names": split(output_names),
+            "exporter": getattr(exporter, "value", exporter).lower(), "input_names": split(input_names), "output_names": split(output_names),
             "signature": signature, "parity_tol": (rtol, atol), "trust_pickle": trust_pickle}
     return opts
 
@@ -89,13 +138,13 @@ def _guard(fn):
 
 
 def _warn(msg: str) -> None:
-    err.print(f"[yellow]warning:[/] {escape(msg)}", markup=True, highlight=False)
+    logging.getLogger("optkit").warning(msg)
 
 
-def _check_format(fmt: str) -> str:
+def _check_format(fmt) -> str:
     from .errors import InputError
 
-    fmt = fmt.lower()
+    fmt = getattr(fmt, "value", fmt).lower()
     if fmt not in ("table", "json"):
         raise InputError(f"--format must be table or json, got {fmt!r}", "use --format table or --format json")
     return fmt
@@ -107,6 +156,77 @@ def _print_json(data) -> None:
     sys.stdout.write(json.dumps(data, indent=2, default=_jsonable) + "\n")
 
 
+def _version(value: bool) -> None:
+    if value:
+        from . import __version__
+
+        out.print(f"optkit {__version__}", highlight=False)
+        raise typer.Exit()
+
+
+class _RichLogHandler(logging.Handler):
+    """The 'optkit' logger on stderr: progress lines dim, warnings yellow, errors red (rich renders around live bars)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            msg = escape(record.getMessage())
+            if record.levelno >= logging.ERROR:
+                err.print(f"[bold red]error:[/] {msg}", markup=True, highlight=False)
+            elif record.levelno >= logging.WARNING:
+                err.print(f"[yellow]warning:[/] {msg}", markup=True, highlight=False)
+            else:
+                err.print(f"[dim]{msg}[/]", markup=True, highlight=False)
+        except Exception:  # logging must never take the command down
+            self.handleError(record)
+
+
+def setup_logging(quiet: bool = False, verbose: int = 0, log_file: Path | None = None) -> None:
+    """Route logging.getLogger('optkit') to stderr through rich (-q: warnings only; -v: debug) and, with
+    --log-file, everything with timestamps to that file."""
+    log = logging.getLogger("optkit")
+    for h in list(log.handlers):
+        if isinstance(h, (_RichLogHandler, logging.FileHandler)):
+            log.removeHandler(h)
+    h = _RichLogHandler()
+    h.setLevel(logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO)
+    log.addHandler(h)
+    level = h.level
+    if log_file is not None:
+        fh = logging.FileHandler(log_file, encoding="utf-8")
+        fh.setLevel(logging.DEBUG)
+        fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        log.addHandler(fh)
+        level = logging.DEBUG
+    log.setLevel(level)
+    log.propagate = False  # rendered here; a root handler would print every line twice
+
+    def showwarning(message, category, filename, lineno, file=None, line=None):
+        # Python warnings from the libraries underneath (numpy, onnxruntime, torch): one line each, no source echo
+        log.warning("%s (%s, from %s:%d)", str(message).strip().splitlines()[0] if str(message).strip() else "",
+                    category.__name__, Path(filename).name, lineno)
+
+    import warnings
+
+    warnings.showwarning = showwarning
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="print optkit's version and exit"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="only warnings and errors on stderr (no progress lines)"),
+    verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="more detail on stderr (debug log lines)"),
+    log_file: Optional[Path] = typer.Option(None, "--log-file", help="also write every log line, with timestamps, to this file"),
+    debug: bool = typer.Option(False, "--debug", help="show the Python traceback of an error (anywhere on the line)"),
+):
+    """Offline inference optimization: ONNX passes, INT8/FP16 quantization, backends, measured latency and accuracy.
+
+    Progress and warnings go to stderr through the standard [bold]logging.getLogger("optkit")[/] (library users
+    configure it like any other logger); results go to stdout."""
+    global _DEBUG
+    _DEBUG = _DEBUG or debug
+    setup_logging(quiet, verbose, log_file)
+
+
 class _RichProgress:
     """optkit.passes.Progress backed by a rich progress bar on stderr."""
 
@@ -116,6 +236,9 @@ class _RichProgress:
 
     def start(self, description, total=None):
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        if not err.is_terminal:  # piped (CI logs, files): the log lines say what runs; a bar would leave blank lines
+            return
 
         self._p = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                            console=err, transient=True)
@@ -132,7 +255,11 @@ class _RichProgress:
             self._p = None
 
 
-@app.command()
+@app.command(epilog=_examples(
+    "optkit optimize model.onnx -r int8-ort --data calib.npz --eval-data test.npz",
+    "optkit optimize model.onnx -r auto-ort --data calib.npz --eval-data test.npz --tolerance 1% --budget 10m",
+    "optkit optimize model.onnx -r int8-ort --data calib.npz --dry-run      # print the plan, write nothing",
+    "optkit optimize model.pt -r int8-ort --data calib.npz --shape input=1x3x224x224"))
 @_guard
 def optimize(
     model: Path = typer.Argument(..., help="ONNX model, PyTorch file (.pt/.pth/.pt2), Keras .keras/.h5 or SavedModel dir"),
@@ -145,7 +272,7 @@ def optimize(
     version: Optional[int] = typer.Option(None, "--version", help="artifact version (default: next free)"),
     name: Optional[str] = typer.Option(None, "--name", help="artifact name (default: the model file's stem)"),
     tolerance: Optional[str] = typer.Option(None, "--tolerance", help="accuracy the lossy passes may lose: 1% (relative) or abs:0.005; turns on the search"),
-    metric: str = typer.Option("auto", "--metric", help="auto (a metric per output: argmax agreement/top-1 + cosine for class scores, pooled per-example cosine for token states, IoU for probability maps, per-step agreement for sequences) | top1 | agreement | cosine | max_abs | iou | step_agreement | OUTPUT=KIND,... (ignore leaves one out)"),
+    metric: str = typer.Option("auto", "--metric", callback=_check_metric, help="auto (a metric per output: argmax agreement/top-1 + cosine for class scores, pooled per-example cosine for token states, IoU for probability maps, per-step agreement for sequences) | top1 | agreement | cosine | max_abs | iou | step_agreement | OUTPUT=KIND,... (ignore leaves one out)"),
     budget: Optional[str] = typer.Option(None, "--budget", help="time budget for the search, e.g. 10m"),
     max_trials: int = typer.Option(24, "--max-trials", help="trials at most for the search"),
     allow_miss: bool = typer.Option(False, "--allow-miss", help="exit 0 even when no candidate meets --tolerance"),
@@ -156,13 +283,15 @@ def optimize(
     dtype: Optional[List[str]] = DtypeOpt,
     dynamic: Optional[str] = DynamicOpt,
     opset: Optional[int] = OpsetOpt,
-    exporter: str = ExporterOpt,
+    exporter: Exporter = ExporterOpt,
     input_names: Optional[str] = InNamesOpt,
     output_names: Optional[str] = OutNamesOpt,
     signature: Optional[str] = SignatureOpt,
     parity_tol: str = ParityOpt,
     trust_pickle: bool = TrustPickleOpt,
-    fmt: str = FormatOpt,
+    dry_run: bool = typer.Option(False, "--dry-run", help="print the plan (passes and options, backend, data, gate, "
+                                 "what would be written) and exit 0 without writing anything"),
+    fmt: Format = FormatOpt,
 ):
     """Run a recipe's passes on MODEL, check numerics after each, compile for the backend, write a versioned artifact.
 
@@ -181,11 +310,19 @@ def optimize(
     if model.suffix.lower() != ".onnx":
         imp_opts = _import_options(module, dtype, dynamic, opset, exporter, input_names, output_names, signature, parity_tol,
                                    trust_pickle)
-    elif module or dtype or dynamic or opset or exporter != "auto" or input_names or output_names or signature:
+    elif module or dtype or dynamic or opset or exporter != Exporter.auto or input_names or output_names or signature:
         from .errors import InputError
 
         raise InputError(f"{model.name} is already ONNX: the import options (--module, --dynamic, --opset, ...) do not apply",
                          "drop them, or pass the PyTorch/TensorFlow model instead")
+    if dry_run:
+        from .plan import plan as make_plan
+
+        p = make_plan(model, recipe, data=data, eval_data=eval_data, shapes=shapes, output=output, version=version,
+                      name=name, tolerance=tolerance, metric=metric, budget=budget, max_trials=max_trials, force=force,
+                      backends=backend, threads=threads)
+        _print_json(p) if fmt == "json" else _print_plan(p)
+        return
     progress = _RichProgress()
 
     def on_pass(entry):
@@ -217,7 +354,7 @@ def optimize(
             out.print(f"  [bold]{e['pass']}[/]: {note}", markup=True, highlight=False)
     acc = man["accuracy"]
     if acc:
-        line = f"vs input model on {acc['feeds']} feed(s){' (synthetic)' if acc['synthetic'] else ''}: " \
+        line = f"vs input model on {acc['feeds']} feed(s) of {escape(data_label(man))}: " \
                f"max-abs {acc['vs_input']['max_abs']:.3g}, cosine {acc['vs_input']['cosine']:.5f}"
         if "top1_agreement" in acc["vs_input"]:
             line += f", top-1 agreement {acc['vs_input']['top1_agreement']:.2%}"
@@ -279,6 +416,47 @@ def optimize(
             out.print(f"[yellow]no TensorRT engine was built[/]: {escape(str(be.get('reason')))}", markup=True, highlight=False)
             out.print(f"  the TensorRT-ready ONNX and the exact build command are in {man['artifact']}/compiled/ "
                       "(trtexec.sh, build_engine.txt): run it where TensorRT >= 10 and an NVIDIA GPU exist", highlight=False)
+    from .verdict import decide
+
+    _print_verdict(decide(man, None))
+
+
+def data_label(man: dict) -> str:
+    """Which data judged optimize's accuracy numbers: held-out (--eval-data) or the calibration data itself."""
+    from .verdict import judged_data_label
+
+    return judged_data_label(man.get("data"))
+
+
+_VERDICT_STYLE = {"ship": "bold green", "ship with caveats": "bold yellow", "do not ship": "bold red"}
+_LEVEL_MARK = {"ok": "[green]✓[/]", "caveat": "[yellow]![/]", "block": "[red]✗[/]"}
+
+
+def _print_verdict(v: dict) -> None:
+    """The verdict, last in the terminal: one line per reason, then how to reproduce."""
+    out.print(f"verdict: [{_VERDICT_STYLE[v['verdict']]}]{v['verdict'].upper()}[/]", markup=True, highlight=False)
+    for r in v["reasons"]:
+        out.print(f"  {_LEVEL_MARK[r['level']]} {escape(r['text'])}", markup=True, highlight=False)
+    rp = v.get("reproduce")
+    if rp:
+        out.print(f"  reproduce: {escape(rp['command'])}  (optkit {rp['optkit_version']}, recipe sha256 "
+                  f"{rp['recipe_sha256'][:12]})", markup=True, highlight=False)
+
+
+def _print_plan(p: dict) -> None:
+    out.print(f"[bold]plan[/] (dry run: nothing was written) · recipe {escape(p['recipe'])} · backend {escape(', '.join(p['backends']))}",
+              markup=True, highlight=False)
+    t = Table(title="passes, in order", title_justify="left")
+    for col in ("#", "pass", "exact", "options"):
+        t.add_column(col, overflow="fold")
+    for i, x in enumerate(p["passes"], 1):
+        t.add_row(str(i), escape(x["pass"]) + (f" [dim]({escape(x['candidate'])})[/]" if x.get("candidate") else ""),
+                  "yes" if x["exact"] else "no", escape(", ".join(f"{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in x["options"].items()) or "-"))
+    out.print(t)
+    for k in ("model", "calibration", "judged_on", "gate", "search", "guard", "writes"):
+        out.print(f"  {k.replace('_', ' ')}: {escape(str(p[k]))}", highlight=False)
+    for w in p.get("warnings", []):
+        _warn(w)
 
 
 def _print_import(info: dict) -> None:
@@ -294,30 +472,39 @@ def _print_import(info: dict) -> None:
         out.print(f"  {a['exporter']} rejected: {escape(a.get('error', ''))}", highlight=False)
 
 
-@app.command("import")
+@app.command("import", epilog=_examples(
+    "optkit import model.pt -o model.onnx --data feeds.npz",
+    "optkit import weights.pth --module mypkg.models:build --shape input=1x3x224x224 -o model.onnx",
+    "optkit import saved_model_dir/ -o model.onnx"))
 @_guard
 def import_(
     model: Path = typer.Argument(..., help="PyTorch file (.pt/.pth TorchScript, pickled model or state_dict; .pt2), Keras .keras/.h5, or SavedModel dir"),
-    out_file: Path = typer.Option(..., "--out", "-o", help="the ONNX file to write"),
+    out_file: Optional[Path] = typer.Option(None, "--output", "-o", help="the ONNX file to write (required)"),
+    out_alias: Optional[Path] = typer.Option(None, "--out", hidden=True),
     data: Optional[Path] = typer.Option(None, "--data", help=".npz feeds to trace and check parity with (names = input names)"),
     shape: Optional[List[str]] = ShapeOpt,
     module: Optional[str] = ModuleOpt,
     dtype: Optional[List[str]] = DtypeOpt,
     dynamic: Optional[str] = DynamicOpt,
     opset: Optional[int] = OpsetOpt,
-    exporter: str = ExporterOpt,
+    exporter: Exporter = ExporterOpt,
     input_names: Optional[str] = InNamesOpt,
     output_names: Optional[str] = OutNamesOpt,
     signature: Optional[str] = SignatureOpt,
     parity_tol: str = ParityOpt,
     trust_pickle: bool = TrustPickleOpt,
-    fmt: str = FormatOpt,
+    fmt: Format = FormatOpt,
 ):
     """Export a PyTorch or TensorFlow model to ONNX and check ONNX Runtime against the framework on the same inputs."""
     from .api import export
     from .data import parse_shape_args
 
     fmt = _check_format(fmt)
+    out_file = out_file or out_alias
+    if out_file is None:
+        from .errors import InputError
+
+        raise InputError("optkit import needs the ONNX file to write", "give it with -o/--output FILE.onnx")
     opts = _import_options(module, dtype, dynamic, opset, exporter, input_names, output_names, signature, parity_tol,
                            trust_pickle)
     imp = export(model, None, out_file, data=data, shapes=parse_shape_args(shape), warn=_warn, **opts)
@@ -336,7 +523,10 @@ def import_(
               markup=True, highlight=False)
 
 
-@app.command()
+@app.command(epilog=_examples(
+    "optkit bench optkit-out/model/1 --data test.npz",
+    "optkit bench optkit-out/model/1 --data test.npz --min-speedup 1.5 --min-top1 0.97   # CI gate: exit 8 on a miss",
+    "optkit bench optkit-out/model/1 --backend all --export-times times.json"))
 @_guard
 def bench(
     target: Path = typer.Argument(..., help="ONNX model file or optkit artifact directory"),
@@ -349,26 +539,52 @@ def bench(
     rounds: int = typer.Option(5, "--rounds", help="timing rounds (candidate and reference alternate)"),
     round_time: float = typer.Option(0.5, "--round-time", help="seconds per variant per round (at least 20 runs)"),
     json_file: Optional[Path] = typer.Option(None, "--json", help="also write the result to this JSON file"),
-    fmt: str = FormatOpt,
+    min_speedup: Optional[float] = typer.Option(None, "--min-speedup", help="CI gate: exit 8 unless the median speedup vs the reference is >= X", rich_help_panel="Gates (exit 8 on a miss)"),
+    min_cosine: Optional[float] = typer.Option(None, "--min-cosine", help="CI gate: exit 8 unless the cosine vs the reference is >= Y", rich_help_panel="Gates (exit 8 on a miss)"),
+    min_top1: Optional[float] = typer.Option(None, "--min-top1", help="CI gate: exit 8 unless the candidate's top-1 on labels is >= Z (0-1)", rich_help_panel="Gates (exit 8 on a miss)"),
+    export_times: Optional[Path] = typer.Option(None, "--export-times", help="write every timed run (ms, in order, per model) to this JSON file"),
+    fmt: Format = FormatOpt,
 ):
-    """Latency percentiles and accuracy of a model or artifact, alternating with its FP32 reference."""
+    """Latency percentiles and accuracy of a model or artifact, alternating with its FP32 reference.
+
+    Ends with a verdict (ship / ship with caveats / do not ship) and warns when the timing is noisy (CV, round-to-round
+    spread) or the machine is loaded. --min-speedup / --min-cosine / --min-top1 make it a CI gate: exit code 7."""
     from .artifact import write_json
     from .checks import check_threads
     from .measure import bench as run
     from .data import parse_shape_args
+    from .verdict import decide, noise_rules
 
     fmt = _check_format(fmt)
     check_threads(threads)
     res = run(target, backend=backend, reference=reference, data=data, shapes=parse_shape_args(shape) or None,
-              threads=threads, batch=batch, rounds=rounds, round_time=round_time, warn=_warn)
+              threads=threads, batch=batch, rounds=rounds, round_time=round_time, warn=_warn,
+              times=export_times is not None)
+    if export_times is not None:
+        times = res.pop("times_ms", None) or {}
+        write_json(export_times, {"unit": "ms", "protocol": res.get("protocol"), "times_ms": times})
+    man = None
+    if "rows" not in res:
+        from .measure import resolve_target
+
+        man = resolve_target(target)["manifest"]
+        res["verdict"] = decide(man, res)
     if json_file:
         write_json(json_file, res)
     if fmt == "json":
         _print_json(res)
+        _bench_gates(res, min_speedup, min_cosine, min_top1)
         return
     if "rows" in res:
         _print_matrix(res)
+        ld = res.get("load") or {}
+        if ld.get("cores") and max(ld.get("before", 0), ld.get("after", 0)) > 0.75 * ld["cores"]:
+            _warn(f"machine loaded while timing: load average {max(ld['before'], ld['after']):.1f} on {ld['cores']} "
+                  "core(s): every row carries other processes' noise")
+        _bench_gates(res, min_speedup, min_cosine, min_top1)
         return
+    for _, text in noise_rules(res):
+        _warn(text)
     t = Table(title=f"optkit bench · {res['backend']} · {res['threads']} thread(s) · batch {res['batch']}", title_justify="left")
     for col in ("model", "p50 ms", "p90 ms", "p99 ms", "mean ms", "CV", "items/s", "load ms", "cold ms", "top-1"):
         t.add_column(col, justify="left" if col == "model" else "right")
@@ -386,9 +602,12 @@ def bench(
         sp = res["speedup"]
         ci = sp.get("ci95") or [sp["min"], sp["max"]]
         verdict = {"tie": "not separated from 1.0x: within this run's noise"}.get(sp.get("verdict"), sp.get("verdict", ""))
-        out.print(f"speedup vs reference: [bold]{sp['median']:.2f}x[/] (median of {len(sp['rounds'])} alternating rounds, "
-                  f"95% interval {ci[0]:.2f}-{ci[1]:.2f}x, {verdict}; range {sp['min']:.2f}-{sp['max']:.2f})",
-                  markup=True, highlight=False)
+        bold = "bold" if sp.get("verdict") == "faster" else "yellow"
+        out.print(f"speedup vs reference: [{bold}]{sp['median']:.2f}x[/], 95% interval {ci[0]:.2f}-{ci[1]:.2f}x ({verdict}); "
+                  f"median of {len(sp['rounds'])} alternating rounds of {res['protocol']['round_time_s']:g} s, "
+                  f"{res['threads']} thread(s), round range {sp['min']:.2f}-{sp['max']:.2f}x", markup=True, highlight=False)
+    if "vs_reference" in acc or any(k.startswith("top1_") for k in acc):
+        out.print(f"accuracy data: {escape(_bench_data_label(acc, man))}", highlight=False)
     if "vs_reference" in acc:
         d = acc["vs_reference"]
         line = f"vs reference on {acc['feeds']} feed(s){' (synthetic)' if acc['synthetic'] else ''}: max-abs {d['max_abs']:.3g}, cosine {d['cosine']:.5f}"
@@ -399,6 +618,49 @@ def bench(
         out.print(line, highlight=False)
     if res.get("report"):
         out.print(f"report: {res['report']}", highlight=False)
+    _print_verdict(res["verdict"])
+    _bench_gates(res, min_speedup, min_cosine, min_top1)
+
+
+def _bench_data_label(acc: dict, man: dict | None) -> str:
+    src = f"{acc.get('feeds')} feed(s) from {acc.get('source')}"
+    if acc.get("synthetic"):
+        return src + " (synthetic: accuracy numbers mean nothing; pass --data)"
+    calib = ((man or {}).get("data") or {}).get("path")
+    if calib and acc.get("data_path") == calib:
+        return src + " (the calibration data optimize tuned on, used because no --data was given: pass --data HELD_OUT.npz)"
+    ev = (((man or {}).get("data") or {}).get("eval") or {}).get("path")
+    return src + (" (the held-out data optimize judged on)" if ev and acc.get("data_path") == ev else " (--data)")
+
+
+def _bench_gates(res: dict, min_speedup, min_cosine, min_top1) -> None:
+    """--min-speedup / --min-cosine / --min-top1: each miss on its own line, then exit 8 (GateFailed)."""
+    from .errors import GateFailed
+
+    if min_speedup is None and min_cosine is None and min_top1 is None:
+        return
+    rows = [r for r in res.get("rows", []) if r.get("status") == "ok" and r.get("variant") != "reference"] \
+        if "rows" in res else [None]
+    misses = []
+    for r in rows:
+        who = f"{r['backend']}: " if r else ""
+        sp = (r.get("speedup_vs_reference") if r else res.get("speedup")) or {}
+        acc = (r.get("accuracy") if r else res.get("accuracy")) or {}
+        cos = (acc.get("vs_reference") or {}).get("cosine")
+        top1 = acc.get("top1") if r else acc.get("top1_candidate")
+        for flag, bound, value, fmt_ in (("--min-speedup", min_speedup, sp.get("median"), "{:.3f}x"),
+                                        ("--min-cosine", min_cosine, cos, "{:.5f}"), ("--min-top1", min_top1, top1, "{:.4f}")):
+            if bound is None:
+                continue
+            if value is None:
+                misses.append(f"{who}{flag} {bound:g}: not measured (no reference or no labels)")
+            elif value < bound:
+                misses.append(f"{who}{flag} {bound:g}: measured " + fmt_.format(value))
+    if misses:
+        for m in misses:
+            err.print(f"[bold red]gate missed:[/] {escape(m)}", markup=True, highlight=False)
+        raise GateFailed(f"{len(misses)} bench gate(s) missed", "see the lines above; exit code 7")
+    err.print("[green]all bench gates met[/]", markup=True, highlight=False)
 
 
 def _print_matrix(res: dict) -> None:
@@ -432,12 +694,15 @@ def _print_matrix(res: dict) -> None:
         out.print(f"report: {res['report']}", highlight=False)
 
 
-@app.command()
+@app.command(epilog=_examples(
+    "optkit report optkit-out/model/1",
+    "optkit report optkit-out/model/1 optkit-out/model/2 -o compare.html"))
 @_guard
 def report(
     artifacts: List[Path] = typer.Argument(..., help="artifact directories (OUT/<name>/<version>, or OUT/<name> for the latest)"),
-    out_file: Optional[Path] = typer.Option(None, "--out", "-o", help="HTML file for a comparison (default: inside the artifact for one, optkit-report.html for several)"),
-    fmt: str = FormatOpt,
+    out_file: Optional[Path] = typer.Option(None, "--output", "-o", help="HTML file for a comparison (default: inside the artifact for one, optkit-report.html for several)"),
+    out_alias: Optional[Path] = typer.Option(None, "--out", hidden=True),
+    fmt: Format = FormatOpt,
 ):
     """Write report.html (self-contained) and report.json for one artifact, or a comparison of several."""
     from .artifact import write_json
@@ -445,6 +710,7 @@ def report(
     from .report import build_report, render_html, write_report
 
     fmt = _check_format(fmt)
+    out_file = out_file or out_alias
     if len(artifacts) == 1 and out_file is None:
         from .predictor import resolve_artifact
 
@@ -457,7 +723,7 @@ def report(
         rep = build_report(artifacts)
         hpath = out_file or Path("optkit-report.html")
         if hpath.suffix.lower() != ".html":
-            raise InputError(f"--out {hpath} should end in .html", "name it report.html or similar")
+            raise InputError(f"--output {hpath} should end in .html", "name it report.html or similar")
         hpath.parent.mkdir(parents=True, exist_ok=True)
         hpath.write_text(render_html(rep), encoding="utf-8")
         jpath = hpath.with_suffix(".json")
@@ -479,25 +745,33 @@ def report(
                   "★" if p.get("pareto") else "")
     if rep["variants"]:
         out.print(t)
+        for d in rep.get("same_model_twice") or []:
+            _warn(f"the same model {d['model']} was measured {len(d['keys'])} times: p50 "
+                  f"{', '.join(f'{x:.3f}' for x in d['p50_ms'])} ms ({d['spread']:.0%} apart) - run-to-run noise between "
+                  "separate bench runs; compare the speedups (each alternating with its reference), not p50s across runs")
     else:
         out.print("no bench results in these artifacts yet: run optkit bench ARTIFACT to add latency to the report",
                   highlight=False)
     out.print(f"report: [bold]{escape(str(hpath))}[/]  (+ {escape(jpath.name)})", markup=True, highlight=False)
 
 
-@app.command()
+@app.command(epilog=_examples(
+    "optkit tune model.onnx --data calib.npz --slo 'p99<20ms'",
+    "optkit tune optkit-out/model/1 --backend ort,tvm --precisions fp32,int8 --objective latency --budget 10m",
+    "optkit tune model.onnx --sampler grid --threads 1,2 --batch 1,8    # measure every point"))
 @_guard
 def tune(
     model: Path = typer.Argument(..., help="ONNX model, or an artifact directory (its input model is the FP32 source and reference)"),
-    backends: str = typer.Option("ort", "--backends", help="comma-separated: ort, tvm, trt (unavailable ones are listed, not searched)"),
+    backends: str = typer.Option("ort", "--backend", help="comma-separated: ort, tvm, trt (unavailable ones are listed, not searched)"),
+    backends_alias: Optional[str] = typer.Option(None, "--backends", hidden=True),
     precisions: str = typer.Option("fp32,int8", "--precisions", help="comma-separated: fp32, fp16, int8"),
     threads: Optional[str] = typer.Option(None, "--threads", help="intra-op thread counts, e.g. 1,2,4 (default 1, 2, 4, ... up to the cores)"),
     batch: Optional[str] = typer.Option(None, "--batch", help="batch sizes, e.g. 1,2,4,8,16,32 (the default; a fixed-batch model: its own)"),
     slo: Optional[str] = typer.Option(None, "--slo", help="bounds a spec must meet: 'p99<20ms', 'p50<=5ms', 'throughput>=500' (comma-separated)"),
-    objective: str = typer.Option("throughput", "--objective", help="throughput (max items/s) | latency (min p99) | cost (max items/s per core)"),
+    objective: Objective = typer.Option(Objective.throughput, "--objective", case_sensitive=False, help="throughput = max items/s, latency = min p99, cost = max items/s per core"),
     tolerance: str = typer.Option("1%", "--tolerance", help="accuracy a variant may lose vs the input model (top-1 with labels, else cosine)"),
     budget: Optional[str] = typer.Option(None, "--budget", help="'30', '30 trials', '25%', '10m' or '30 trials,10m' (default 25% of the space, at least 6)"),
-    sampler: str = typer.Option("auto", "--sampler", help="auto (gp when torch is installed, else tpe) | gp | tpe | random | grid (measure every point)"),
+    sampler: Sampler = typer.Option(Sampler.auto, "--sampler", case_sensitive=False, help="auto = gp when torch is installed, else tpe; grid = measure every point (no optuna needed)"),
     seed: int = typer.Option(0, "--seed", help="sampler seed"),
     data: Optional[Path] = typer.Option(None, "--data", help="feeds for calibration and timing (+ 'labels'); default: the artifact's, else synthetic"),
     eval_data: Optional[Path] = typer.Option(None, "--eval-data", help="held-out feeds the tolerance is judged on (default: --data)"),
@@ -509,7 +783,7 @@ def tune(
     round_time: float = typer.Option(0.3, "--round-time", help="seconds per round (at least 10 runs)"),
     trial_timeout: float = typer.Option(120.0, "--trial-timeout", help="seconds before a trial's child is killed (recorded as failed)"),
     fresh: bool = typer.Option(False, "--fresh", help="measure again even points in the trial cache"),
-    fmt: str = FormatOpt,
+    fmt: Format = FormatOpt,
 ):
     """Search backend × precision × threads × batch for the best serving spec under an SLO (Bayesian optimization;
     a fraction of the grid is measured). Writes serving.json and serving.svg (throughput vs p99, Pareto front)."""
@@ -517,6 +791,8 @@ def tune(
     from .serving import tune as run
 
     fmt = _check_format(fmt)
+    backends = backends_alias or backends
+    objective, sampler = objective.value, sampler.value
 
     def on_trial(t):
         if fmt == "json":
@@ -582,12 +858,12 @@ def _print_tune(res: dict) -> None:
     out.print(f"wrote [bold]{escape(res['serving_json'])}[/] and {escape(res['plot'])}", markup=True, highlight=False)
 
 
-@app.command()
+@app.command(epilog=_examples("optkit inspect model.onnx", "optkit inspect model.onnx --shape input=1x3x224x224 --format json"))
 @_guard
 def inspect(
     model: Path = typer.Argument(..., help="ONNX model file"),
     shape: Optional[List[str]] = ShapeOpt,
-    fmt: str = FormatOpt,
+    fmt: Format = FormatOpt,
 ):
     """Signature, opsets, op histogram, parameters, FLOPs and size of an ONNX model."""
     from .api import inspect as run
@@ -619,12 +895,40 @@ def inspect(
               + (f" - {fl['note']}" if fl.get("note") else ""), highlight=False)
 
 
-@app.command()
+recipes_app = typer.Typer(context_settings=CONTEXT, rich_markup_mode="rich", no_args_is_help=False)
+app.add_typer(recipes_app, name="recipes", help="List the built-in recipes; `optkit recipes show NAME` prints one resolved.",
+              epilog=_examples("optkit recipes", "optkit recipes show int8-ort", "optkit recipes show my-recipe.yaml"))
+
+
+@recipes_app.command("show", epilog=_examples("optkit recipes show int8-ort", "optkit recipes show auto-ort --format json"))
 @_guard
-def recipes(fmt: str = FormatOpt):
-    """List the built-in recipes."""
+def recipes_show(
+    name: str = typer.Argument(..., help="built-in recipe name or a YAML file"),
+    fmt: Format = FormatOpt,
+):
+    """Print a recipe resolved: every pass option spelled out (defaults included), as optimize will run it."""
+    import yaml
+
+    from .recipe import load_recipe
+    from .verdict import recipe_sha256
+
+    rec = load_recipe(name)
+    d = rec.to_dict()
+    if _check_format(fmt) == "json":
+        _print_json({**d, "source": rec.source, "sha256": recipe_sha256(d)})
+        return
+    out.print(f"# {escape(rec.source or name)} (resolved; sha256 {recipe_sha256(d)[:12]})", highlight=False)
+    out.print(escape(yaml.safe_dump(d, sort_keys=False)), highlight=False)
+
+
+@recipes_app.callback(invoke_without_command=True)
+@_guard
+def recipes(ctx: typer.Context, fmt: Format = FormatOpt):
+    """List the built-in recipes; `optkit recipes show NAME` prints one resolved."""
     from .recipe import list_recipes
 
+    if ctx.invoked_subcommand is not None:
+        return
     fmt = _check_format(fmt)
     rows = list_recipes()
     if fmt == "json":
@@ -641,9 +945,9 @@ def recipes(fmt: str = FormatOpt):
     out.print(t)
 
 
-@app.command()
+@app.command(epilog=_examples("optkit passes", "optkit passes --format json"))
 @_guard
-def passes(fmt: str = FormatOpt):
+def passes(fmt: Format = FormatOpt):
     """List the passes with their options."""
     from .passes import list_passes
 
@@ -658,7 +962,7 @@ def passes(fmt: str = FormatOpt):
     for r in rows:
         opts = "\n".join(f"{o['name']} = {o['default']!r}" + (f" [{'|'.join(map(str, o['choices']))}]" if o["choices"] else "")
                          + f": {o['doc']}" for o in r["options"])
-        t.add_row(r["name"], "yes" if r["exact"] else "no", r["doc"], opts or "-")
+        t.add_row(escape(r["name"]), "yes" if r["exact"] else "no", escape(r["doc"]), escape(opts) or "-")
     out.print(t)
 
 
@@ -722,16 +1026,40 @@ def main(argv: list[str] | None = None) -> None:
     import signal
     import threading
 
+    from . import log as _log
+
     args = list(sys.argv[1:] if argv is None else argv)
-    if "--debug" in args:
+    _log.COMMAND = list(args)  # the reproduce record in the manifest is this exact command line
+    if "--debug" in args:  # anywhere on the line, also after the command
         _DEBUG = True
         args.remove("--debug")
+    _log.reset()
     if threading.current_thread() is threading.main_thread():
         for s in (signal.SIGTERM, getattr(signal, "SIGHUP", None)):
             if s is not None and signal.getsignal(s) in (signal.SIG_DFL, None):
                 signal.signal(s, _on_signal)
+    from typer._click import exceptions as click_exc
+
     try:
-        app(args=args, prog_name="optkit")
+        try:
+            rc = typer.main.get_command(app).main(args=args, prog_name="optkit", standalone_mode=False)
+        except click_exc.NoArgsIsHelpError as e:  # `optkit` / `optkit recipes`-style groups without a command: the help
+            from typer import rich_utils
+
+            rich_utils.rich_format_error(e)
+            sys.exit(e.exit_code)
+        except click_exc.UsageError as e:  # one line, like every other error, and where to look
+            where = e.ctx.command_path if e.ctx is not None else "optkit"
+            err.print(f"[bold red]error:[/] {escape(e.format_message())} (see `{escape(where)} -h`)", markup=True,
+                      highlight=False)
+            sys.exit(e.exit_code)
+        except click_exc.ClickException as e:
+            err.print(f"[bold red]error:[/] {escape(e.format_message())}", markup=True, highlight=False)
+            sys.exit(e.exit_code)
+        except typer.Abort:  # click's form of a KeyboardInterrupt that arrived outside a command's own handling
+            err.print("interrupted, nothing written", highlight=False)
+            sys.exit(130)
+        sys.exit(rc if isinstance(rc, int) else 0)
     except SystemExit as e:
         if e.code == 130:
             # Interrupted. Exit 130 as documented: CPython 3.11 remembers a KeyboardInterrupt that passed through

@@ -60,3 +60,9 @@ class Interrupted(OptkitError):
     """Ctrl-C, SIGTERM or SIGHUP; the message says what was (not) written."""
 
     exit_code = 130
+
+
+class GateFailed(OptkitError):
+    """A CI gate of ``optkit bench`` (--min-speedup / --min-cosine / --min-top1) was missed."""
+
+    exit_code = 8

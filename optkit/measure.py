@@ -46,8 +46,11 @@ def _time_for(run, feed, min_runs: int, min_seconds: float) -> list[float]:
 
 
 def time_sessions(sessions: dict, feed: dict, *, rounds: int = 5, round_runs: int = 20, round_time: float = 0.5,
-                  warmup_runs: int = 10, warmup_time: float = 0.2, batch: int = 1) -> dict:
-    """Alternating timing of several sessions on one feed. Returns per-session stats and per-round medians."""
+                  warmup_runs: int = 10, warmup_time: float = 0.2, batch: int = 1, keep_times: bool = False) -> dict:
+    """Alternating timing of several sessions on one feed. Returns per-session stats and per-round medians
+    (and every run's time as ``times_ms`` with ``keep_times``)."""
+    from .log import step
+
     names = list(sessions)
     for n in names:
         _time_for(sessions[n].run, feed, warmup_runs, warmup_time)
@@ -58,7 +61,21 @@ def time_sessions(sessions: dict, feed: dict, *, rounds: int = 5, round_runs: in
             ts = _time_for(sessions[n].run, feed, round_runs, round_time)
             all_times[n].extend(ts)
             round_medians[n].append(float(np.median(ts)) * 1e3)
-    return {n: {**stats(all_times[n], batch), "round_p50_ms": round_medians[n]} for n in names}
+        step("bench round %d/%d: %s", r + 1, rounds, ", ".join(f"{n} p50 {round_medians[n][-1]:.3f} ms" for n in names))
+    return {n: {**stats(all_times[n], batch), "round_p50_ms": round_medians[n],
+                **({"times_ms": [round(t * 1e3, 6) for t in all_times[n]]} if keep_times else {})} for n in names}
+
+
+def machine_load() -> dict:
+    """1-minute load average and the cores it competes for (the verdict warns when timing ran on a loaded machine)."""
+    import os
+
+    try:
+        la = os.getloadavg()[0]
+    except (OSError, AttributeError):
+        return {}
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return {"before": round(la, 2), "cores": cores}
 
 
 def speedup(ref_rounds: list[float], cand_rounds: list[float]) -> dict:
@@ -98,10 +115,14 @@ def resolve_target(target: str | Path) -> dict:
 
 def bench(target: str | Path, *, backend: str | None = None, reference: str | Path | None = None,
           data: str | Path | None = None, shapes: dict | None = None, threads: int = 1, batch: int | None = None,
-          rounds: int = 5, round_runs: int = 20, round_time: float = 0.5, warn=None, save: bool = True) -> dict:
+          rounds: int = 5, round_runs: int = 20, round_time: float = 0.5, warn=None, save: bool = True,
+          times: bool = False) -> dict:
     """Latency (alternating vs the reference when there is one) and accuracy of a model or artifact.
 
     For an artifact the result is also kept in ``ARTIFACT/bench/<n>.json`` and its report is rewritten (``save``).
+
+    ``times``: also return every timed run (``times_ms``: role -> list of ms, in the order they ran).
+    The result records the machine's load average before and after timing (``load``).
 
     ``backend``: one name (default: the artifact's backend, else ort), a comma-separated list, or 'all'. With one
     backend the candidate and the reference alternate on it (the reference runs on ORT when the backend is not
@@ -119,7 +140,7 @@ def bench(target: str | Path, *, backend: str | None = None, reference: str | Pa
     names = parse_backends(backend, artifact_backend(man))
     if len(names) > 1:
         return bench_matrix(t, names, reference=reference, data=data, shapes=shapes, threads=threads, batch=batch,
-                            rounds=rounds, round_runs=round_runs, round_time=round_time, warn=warn, save=save)
+                            rounds=rounds, round_runs=round_runs, round_time=round_time, warn=warn, save=save, times=times)
     backend = names[0]
     be = get_backend(backend)
     st = be.status()
@@ -152,7 +173,8 @@ def bench(target: str | Path, *, backend: str | None = None, reference: str | Pa
             cold_ms[role] = (time.perf_counter() - t0) * 1e3
         # outputs are checked before any timing
         outs = {role: [s.run(f) for f in samples.feeds] for role, s in sessions.items()}
-        accuracy = {"feeds": len(samples), "synthetic": samples.synthetic, "source": samples.source}
+        accuracy = {"feeds": len(samples), "synthetic": samples.synthetic, "source": samples.source,
+                    "data_path": getattr(samples, "path", None)}
         for role, o in outs.items():
             acc = top1(o, samples.labels)
             if acc is not None:
@@ -163,8 +185,11 @@ def bench(target: str | Path, *, backend: str | None = None, reference: str | Pa
             accuracy["vs_reference_outputs"] = d["outputs"]
             if "top1_reference" in accuracy:
                 accuracy["top1_delta"] = accuracy["top1_candidate"] - accuracy["top1_reference"]
+        load = machine_load()
         timing = time_sessions(sessions, first, rounds=rounds, round_runs=round_runs, round_time=round_time,
-                               batch=feed_batch)
+                               batch=feed_batch, keep_times=times)
+        if load:
+            load["after"] = machine_load()["before"]
     finally:
         for s in sessions.values():
             s.close()
@@ -176,9 +201,11 @@ def bench(target: str | Path, *, backend: str | None = None, reference: str | Pa
         "protocol": {"rounds": rounds, "round_runs": round_runs, "round_time_s": round_time, "warmup_runs": 10,
                      "warmup_time_s": 0.2, "alternating": len(sessions) > 1},
         "latency": timing,
-        "load_ms": load_ms, "cold_run_ms": cold_ms, "accuracy": accuracy,
+        "load_ms": load_ms, "cold_run_ms": cold_ms, "accuracy": accuracy, "load": load,
         "environment": environment(),
     }
+    if times:
+        result["times_ms"] = {role: s.pop("times_ms") for role, s in timing.items()}
     if "reference" in timing:
         result["speedup"] = speedup(timing["reference"]["round_p50_ms"], timing["candidate"]["round_p50_ms"])
     if man is not None:
@@ -221,6 +248,7 @@ def _prepare(t: dict, reference, data, shapes, batch, warn) -> tuple[Path | None
     if shapes is None and man is not None and man.get("user_shapes"):
         shapes = {k: tuple(v) for k, v in man["user_shapes"].items()}
     samples: Samples = get_samples(model, data, shapes)
+    samples.path = str(Path(data).resolve()) if data else None
     for w in samples.warnings:
         warn(w)
     if batch is not None:
@@ -252,7 +280,7 @@ def precision_of(model) -> str:
 
 
 def bench_matrix(t: dict, names: list[str], *, reference, data, shapes, threads, batch, rounds, round_runs, round_time,
-                 warn, save: bool = True) -> dict:
+                 warn, save: bool = True, times: bool = False) -> dict:
     """One recipe's result on every backend: the candidate on each available backend and the reference on ORT,
     timed alternately in one protocol; accuracy of every row against the reference's outputs."""
     man = t["manifest"]
@@ -323,11 +351,15 @@ def bench_matrix(t: dict, names: list[str], *, reference, data, shapes, threads,
                 d = compare(ref_outs, outs[row["key"]])
                 acc["vs_reference"] = {k: v for k, v in d.items() if k != "outputs"}
             row["accuracy"] = acc
+        load = machine_load()
         timing = time_sessions(sessions, first, rounds=rounds, round_runs=round_runs, round_time=round_time,
-                               batch=feed_batch) if sessions else {}
+                               batch=feed_batch, keep_times=times) if sessions else {}
+        if load:
+            load["after"] = machine_load()["before"]
     finally:
         for s in sessions.values():
             s.close()
+    all_times = {k: v.pop("times_ms") for k, v in timing.items() if "times_ms" in v}
     for row in rows:
         if row["key"] in timing:
             row["latency"] = timing[row["key"]]
@@ -340,8 +372,10 @@ def bench_matrix(t: dict, names: list[str], *, reference, data, shapes, threads,
         "data": {"feeds": len(samples), "synthetic": samples.synthetic, "source": samples.source},
         "protocol": {"rounds": rounds, "round_runs": round_runs, "round_time_s": round_time, "warmup_runs": 10,
                      "warmup_time_s": 0.2, "alternating": len(sessions) > 1},
-        "environment": environment(),
+        "load": load, "environment": environment(),
     }
+    if times:
+        result["times_ms"] = all_times
     if man is not None:
         result["recipe"] = man["recipe"]["name"]
     return _keep(t, result, save, warn)

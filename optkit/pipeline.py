@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import onnx
 
 from .errors import PassError
+from .log import step
 from .metrics import compare, top1, within
 from .model import model_bytes
 from .passes import Context, Pass
@@ -62,6 +63,7 @@ class Pipeline:
         for p in self.passes:
             entry = {"pass": p.name, "config": p.config.to_dict(), "exact": p.exact,
                      "nodes_before": len(model.graph.node), "bytes_before": model_bytes(model)}
+            step("pass %d/%d %s: started", self.passes.index(p) + 1, len(self.passes), p.name)
             t0 = time.perf_counter()
             outcome = None
             try:

@@ -94,10 +94,42 @@ def _variants(label: str, results: list[dict]) -> list[dict]:
                 points[(be, role)] = {"backend": be, "variant": role, "precision": res.get("precision", {}).get(role, "?"),
                                       "status": "ok", "latency": lat,
                                       "accuracy": ({"metric": acc[0], "value": acc[1]} if acc else None),
-                                      "speedup_vs_reference": sp, "batch": res.get("batch"), "threads": res.get("threads")}
+                                      "speedup_vs_reference": sp, "batch": res.get("batch"), "threads": res.get("threads"),
+                                      "speedup_ci95": (res.get("speedup") or {}).get("ci95") if role == "candidate" else None,
+                                      "model_path": res.get("model" if role == "candidate" else "reference"),
+                                      "data": _data_of(res), "protocol": _protocol_of(res)}
     out = []
     for (be, var), p in points.items():
         out.append({"key": f"{label} · {be}/{var}", "artifact": label, **p})
+    return out
+
+
+def _data_of(res: dict) -> str:
+    a = res.get("accuracy") or {}
+    if not a:
+        return "-"
+    return f"{a.get('feeds')} feed(s) from {a.get('source')}" + (" (synthetic)" if a.get("synthetic") else "")
+
+
+def _protocol_of(res: dict) -> str:
+    p = res.get("protocol") or {}
+    return (f"{p.get('rounds')} {'alternating ' if p.get('alternating') else ''}rounds of {p.get('round_time_s')} s, "
+            f"{res.get('threads')} thread(s), batch {res.get('batch')}")
+
+
+def same_model_twice(points: list[dict]) -> list[dict]:
+    """The same model file measured in several artifacts' benches (typically the shared FP32 reference): each
+    measurement with its p50 and the spread between them, which is run-to-run noise, not a difference."""
+    by: dict[str, list[dict]] = {}
+    for p in points:
+        if p.get("status") == "ok" and p.get("variant") == "reference" and p.get("model_path"):
+            by.setdefault(str(Path(p["model_path"]).resolve()), []).append(p)
+    out = []
+    for path, ps in by.items():
+        if len(ps) > 1:
+            p50 = [q["latency"]["p50_ms"] for q in ps]
+            out.append({"model": path, "keys": [q["key"] for q in ps], "p50_ms": p50,
+                        "spread": (max(p50) - min(p50)) / min(p50) if min(p50) else 0.0})
     return out
 
 
@@ -138,6 +170,7 @@ def _artifact_entry(artifact: Path, man: dict) -> dict:
         "guard": man.get("guard"), "backends": man.get("backends") or {man["backend"].get("backend", "?"): man["backend"]},
         "optimize_seconds": man.get("optimize_seconds"), "threads": man.get("threads"), "data": man.get("data"),
         "environment": man.get("environment"), "warnings": man.get("warnings", []),
+        "reproduce": man.get("reproduce"),
     }
 
 
@@ -165,14 +198,18 @@ def build_report(artifacts: list[str | Path]) -> dict:
         if man is None:
             raise InputError(f"{a} is a model file, not an artifact", "pass the directory optkit optimize wrote")
         entry = _artifact_entry(path, man)
-        entry["bench_runs"] = len(_bench_results(path))
+        benches = _bench_results(path)
+        entry["bench_runs"] = len(benches)
+        from .verdict import decide
+
+        entry["verdict"] = decide(man, next((b for b in reversed(benches) if "rows" not in b), None))
         entries.append(entry)
         points += _variants(entry["label"], _bench_results(path))
     front = pareto(points)
     for p in points:
         p["pareto"] = p["key"] in front
     return {"schema": REPORT_SCHEMA, "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "artifacts": entries, "variants": points, "pareto": front,
+            "artifacts": entries, "variants": points, "pareto": front, "same_model_twice": same_model_twice(points),
             "environment": entries[0]["environment"]}
 
 
@@ -199,7 +236,11 @@ th{background:#f6f7f9;font-weight:600}td.l,th.l{text-align:left}
 .ok{color:#0b7a3e}.bad{color:#b42318}.warn{color:#b54708}.tag{display:inline-block;padding:1px 7px;border-radius:9px;background:#eef2ff;color:#3538cd;font-size:12px}
 .cards{display:flex;flex-wrap:wrap;gap:10px;margin:10px 0}.card{border:1px solid #e3e6ec;border-radius:8px;padding:10px 14px;min-width:150px}
 .card b{display:block;font-size:20px}.card span{color:#667085;font-size:12px}
-svg text{font:11px system-ui,sans-serif;fill:#344054}details{margin:4px 0}code{background:#f2f4f7;padding:1px 4px;border-radius:4px}
+svg text{font:11px system-ui,sans-serif;fill:#344054}
+.verdict{border:2px solid;border-radius:10px;padding:12px 16px;margin:14px 0}.verdict h2{border:0;margin:0 0 6px;padding:0;font-size:20px}
+.v-ship{border-color:#0b7a3e;background:#f0fdf4}.v-ship h2{color:#0b7a3e}.v-caveats{border-color:#b54708;background:#fffaeb}
+.v-caveats h2{color:#b54708}.v-block{border-color:#b42318;background:#fef3f2}.v-block h2{color:#b42318}
+.verdict ul{margin:4px 0 8px;padding-left:4px;list-style:none}.verdict li{margin:2px 0}pre.cmd{background:#f2f4f7;padding:6px 8px;border-radius:6px;white-space:pre-wrap;word-break:break-all;margin:4px 0}details{margin:4px 0}code{background:#f2f4f7;padding:1px 4px;border-radius:4px}
 """
 _PALETTE = ["#2563eb", "#dc2626", "#059669", "#d97706", "#7c3aed", "#0891b2", "#db2777", "#4b5563"]
 
@@ -284,8 +325,8 @@ def svg_scatter(points: list[dict], front: list[str], metric: str) -> str:
                      f'<text x="{L - 6}" y="{sy(ty) + 4:.1f}" text-anchor="end">{lab}</text>')
     parts.append(f'<line x1="{L}" y1="{H - B}" x2="{W - R}" y2="{H - B}" stroke="#98a2b3"/>'
                  f'<line x1="{L}" y1="{T}" x2="{L}" y2="{H - B}" stroke="#98a2b3"/>'
-                 f'<text x="{(L + W - R) / 2:.0f}" y="{H - 6}" text-anchor="middle">p50 latency (ms), lower is better</text>'
-                 f'<text transform="translate(14,{(T + H - B) / 2:.0f}) rotate(-90)" text-anchor="middle">'
+                 f'<text class="axis-x" x="{(L + W - R) / 2:.0f}" y="{H - 6}" text-anchor="middle">p50 latency (ms), lower is better</text>'
+                 f'<text class="axis-y" transform="translate(14,{(T + H - B) / 2:.0f}) rotate(-90)" text-anchor="middle">'
                  f'{"top-1 accuracy" if metric == "top1" else "cosine to reference"}, higher is better</text>')
     fr = sorted((p for p in pts if p["key"] in front), key=lambda p: p["latency"]["p50_ms"])
     if len(fr) > 1:
@@ -303,7 +344,8 @@ def svg_scatter(points: list[dict], front: list[str], metric: str) -> str:
         ly = T + 14 + i * 17
         parts.append(f'<circle cx="{W - R + 14}" cy="{ly - 4}" r="5" fill="{c}"/>'
                      f'<text x="{W - R + 24}" y="{ly}">{_e(_short(p))}{" ★" if on else ""}</text>')
-    parts.append(f'<text x="{W - R + 10}" y="{H - B + 16}" class="small">★ Pareto front (dashed)</text></svg>')
+    legend = "★ on the Pareto front (dashed line)" if len(fr) > 1 else "★ on the Pareto front (one point: no line)"
+    parts.append(f'<text x="{W - R + 10}" y="{H - B + 16}" class="small">{legend}</text></svg>')
     return "".join(parts)
 
 
@@ -318,13 +360,16 @@ def svg_latency(points: list[dict]) -> str:
     if not pts:
         return ""
     W, L, R, row = 900, 230, 175, 46
-    H = 34 + row * len(pts)
+    H = 52 + row * len(pts)
     hi = max(p["latency"]["p99_ms"] for p in pts) * 1.08
     sx = lambda v: L + v / hi * (W - L - R)  # noqa: E731
     parts = [f'<svg viewBox="0 0 {W} {H}" width="{W}" style="max-width:100%;height:auto" role="img" aria-label="latency distributions">']
     for tx in nice_ticks(0, hi):
-        parts.append(f'<line x1="{sx(tx):.1f}" y1="8" x2="{sx(tx):.1f}" y2="{H - 22}" stroke="#eef0f3"/>'
-                     f'<text x="{sx(tx):.1f}" y="{H - 8}" text-anchor="middle">{tx:g} ms</text>')
+        parts.append(f'<line x1="{sx(tx):.1f}" y1="8" x2="{sx(tx):.1f}" y2="{H - 40}" stroke="#eef0f3"/>'
+                     f'<text x="{sx(tx):.1f}" y="{H - 26}" text-anchor="middle">{tx:g}</text>')
+    parts.append(f'<text class="axis-x" x="{(L + W - R) / 2:.0f}" y="{H - 6}" text-anchor="middle">latency of one run (ms), '
+                 f'lower is better</text><text class="axis-y" transform="translate(12,{(H - 40) / 2:.0f}) rotate(-90)" '
+                 f'text-anchor="middle">variant</text>')
     for i, p in enumerate(pts):
         s, c = p["latency"], _PALETTE[i % len(_PALETTE)]
         yc = 22 + i * row
@@ -351,33 +396,99 @@ def svg_latency(points: list[dict]) -> str:
 
 
 def svg_trials(trials: list[dict]) -> str:
-    """Tuner trials: metric value per trial, threshold line, passing vs failing, chosen ringed."""
+    """Tuner trials grouped by pass: metric value per trial, each pass's own threshold (labelled in the right
+    margin, where no marker can cover it), passing vs failing, the kept one ringed; both axes labelled."""
     pts = [t for t in trials if t.get("value") is not None]
     if not pts:
         return ""
-    W, H, L, R, T, B = 900, 220, 64, 20, 16, 36
+    W, H, L, R, T, B = 900, 250, 74, 190, 26, 40
     vals = [t["value"] for t in pts] + [t["threshold"] for t in pts if t.get("threshold") is not None]
     y0, y1 = min(vals), max(vals)
     pad = (y1 - y0) * 0.1 or abs(y1) * 0.01 or 0.01
     y0, y1 = y0 - pad, y1 + pad
     sx = lambda i: L + (i + 0.5) / len(pts) * (W - L - R)  # noqa: E731
     sy = lambda v: T + (1 - (v - y0) / (y1 - y0)) * (H - T - B)  # noqa: E731
+    metrics = sorted({str(t.get("metric")) for t in pts})
     parts = [f'<svg viewBox="0 0 {W} {H}" width="{W}" style="max-width:100%;height:auto" role="img" aria-label="tuner trials">']
     for ty in nice_ticks(y0, y1, 4):
         parts.append(f'<line x1="{L}" y1="{sy(ty):.1f}" x2="{W - R}" y2="{sy(ty):.1f}" stroke="#eef0f3"/>'
                      f'<text x="{L - 6}" y="{sy(ty) + 4:.1f}" text-anchor="end">{ty:.4g}</text>')
-    thr = next((t["threshold"] for t in pts if t.get("threshold") is not None), None)
-    if thr is not None:
-        parts.append(f'<line x1="{L}" y1="{sy(thr):.1f}" x2="{W - R}" y2="{sy(thr):.1f}" stroke="#b42318" stroke-dasharray="4 3"/>'
-                     f'<text x="{W - R}" y="{sy(thr) - 4:.1f}" text-anchor="end" class="small">threshold {thr:.4g}</text>')
+    parts.append(f'<line x1="{L}" y1="{H - B}" x2="{W - R}" y2="{H - B}" stroke="#98a2b3"/>'
+                 f'<line x1="{L}" y1="{T}" x2="{L}" y2="{H - B}" stroke="#98a2b3"/>')
+    groups: list[tuple[str, int, int]] = []  # (pass, first index, last index) in plotting order
+    for i, t in enumerate(pts):
+        if groups and groups[-1][0] == t["pass"]:
+            groups[-1] = (t["pass"], groups[-1][1], i)
+        else:
+            groups.append((t["pass"], i, i))
+    used_y: list[float] = []
+    step = (W - L - R) / len(pts)
+    for g, (name, a, b) in enumerate(groups):
+        xa, xb = sx(a) - step / 2, sx(b) + step / 2
+        if g:
+            parts.append(f'<line x1="{xa:.1f}" y1="{T - 14}" x2="{xa:.1f}" y2="{H - B}" stroke="#d0d5dd"/>')
+        parts.append(f'<text x="{xa + 4:.1f}" y="{T - 6}" class="small">{_e(name)}</text>')
+        thr = next((t["threshold"] for t in pts[a:b + 1] if t.get("threshold") is not None), None)
+        if thr is None:
+            continue
+        y = sy(thr)
+        parts.append(f'<line x1="{xa:.1f}" y1="{y:.1f}" x2="{xb:.1f}" y2="{y:.1f}" stroke="#b42318" stroke-dasharray="4 3"/>'
+                     f'<line x1="{xb:.1f}" y1="{y:.1f}" x2="{W - R + 6}" y2="{y:.1f}" stroke="#b42318" stroke-dasharray="1 3"/>')
+        ly = y + 4
+        while any(abs(ly - u) < 13 for u in used_y):
+            ly += 13
+        used_y.append(ly)
+        parts.append(f'<text x="{W - R + 10}" y="{ly:.1f}" class="small">{_e(name)} threshold {thr:.4g}</text>')
     for i, t in enumerate(pts):
         c = "#0b7a3e" if t.get("ok") else "#b42318"
         parts.append(f'<circle cx="{sx(i):.1f}" cy="{sy(t["value"]):.1f}" r="{7 if t.get("chosen") else 4}" fill="{c}" '
                      f'stroke="{"#111" if t.get("chosen") else "none"}" stroke-width="2"><title>{_e(t["pass"])} trial '
                      f'{t["trial"]}: {t.get("metric")} {t["value"]:.5g}{" (chosen)" if t.get("chosen") else ""}</title></circle>')
-    parts.append(f'<text x="{(L + W - R) / 2:.0f}" y="{H - 8}" text-anchor="middle">trial (green: within tolerance, '
-                 f'red: not; ringed: kept)</text></svg>')
+    parts.append(f'<text class="axis-x" x="{(L + W - R) / 2:.0f}" y="{H - 8}" text-anchor="middle">trial, in order, grouped by '
+                 f'pass (green: within tolerance, red: not; ringed: kept)</text>'
+                 f'<text class="axis-y" transform="translate(14,{(T + H - B) / 2:.0f}) rotate(-90)" text-anchor="middle">'
+                 f'{_e(" / ".join(metrics))} (gate metric)</text></svg>')
     return "".join(parts)
+
+
+_VCLASS = {"ship": "v-ship", "ship with caveats": "v-caveats", "do not ship": "v-block"}
+_VMARK = {"ok": ("✓", "ok"), "caveat": ("!", "warn"), "block": ("✗", "bad")}
+
+
+def _verdict_html(a: dict, several: bool) -> str:
+    """The verdict block (first on the page): the decision, one reason per line, how to reproduce it."""
+    v = a.get("verdict")
+    if not v:
+        return ""
+    o = [f"<div class='verdict {_VCLASS[v['verdict']]}' id=verdict><h2>Verdict: {_e(v['verdict'])}"
+         f"{' · ' + _e(a['label']) if several else ''}</h2><ul>"]
+    for r in v["reasons"]:
+        mark, cls = _VMARK[r["level"]]
+        o.append(f"<li><b class={cls}>{mark}</b> {_e(r['text'])}</li>")
+    o.append("</ul>")
+    rp = v.get("reproduce") or a.get("reproduce")
+    if rp:
+        o.append(f"<div class=small>Reproduce (optkit {_e(rp['optkit_version'])}, recipe sha256 "
+                 f"<code>{_e(rp['recipe_sha256'][:16])}</code>):</div><pre class=cmd>{_e(rp['command'])}</pre>")
+    else:
+        o.append("<div class='small muted'>No reproduce record in this manifest (written by an older optkit).</div>")
+    return "".join(o) + "</div>"
+
+
+def _note(text: str) -> str:
+    """A pass note as the recipe YAML spells options (per_channel=true), not as Python prints them (=True/None)."""
+    import re
+
+    return re.sub(r"=(True|False|None)\b", lambda m: "=" + {"None": "none"}.get(m.group(1), m.group(1).lower()), str(text))
+
+
+def _join(x) -> str:
+    """Lists and dicts as people write them ('ai.onnx 17, com.microsoft 1'; '1, 2'), never as Python reprs."""
+    if isinstance(x, dict):
+        return ", ".join(f"{k or 'ai.onnx'} {v}" for k, v in x.items())
+    if isinstance(x, (list, tuple, set)):
+        return ", ".join(_join(v) for v in x)
+    return str(x)
 
 
 def render_html(rep: dict) -> str:
@@ -387,6 +498,8 @@ def render_html(rep: dict) -> str:
          f"<style>{_CSS}</style></head><body>",
          f"<h1>optkit report · {_e(title)}</h1><div class='muted small'>generated {_e(rep['created'])} · schema "
          f"{_e(rep['schema'])} · every number below was measured on the machine described at the end</div>"]
+    for a in arts:
+        o.append(_verdict_html(a, len(arts) > 1))
     # headline cards
     ok_pts = [p for p in points if p.get("status") == "ok"]
     cards = []
@@ -394,14 +507,23 @@ def render_html(rep: dict) -> str:
         i, out_ = a["model"]["input"], a["model"]["output"]
         cards.append(("size", f"{fmt_bytes(i['bytes'])} → {fmt_bytes(out_['bytes'])}", a["label"]))
         acc = a.get("accuracy") or {}
+        from .verdict import judged_data_label
+
+        where = f"optimize, {acc.get('feeds')} feed(s) of {judged_data_label(a.get('data'))}"
         if "top1_input" in acc:
-            cards.append(("top-1", f"{acc['top1_input']:.2%} → {acc['top1_output']:.2%}", f"on {acc['feeds']} feed(s)"))
+            cards.append(("top-1 (input → optimized)", f"{acc['top1_input']:.2%} → {acc['top1_output']:.2%}", where))
         elif acc.get("vs_input"):
-            cards.append(("cosine vs input", f"{acc['vs_input']['cosine']:.5f}", f"on {acc['feeds']} feed(s)"))
+            cards.append(("cosine vs input", f"{acc['vs_input']['cosine']:.5f}", where))
     best = [p for p in ok_pts if p["variant"] == "candidate" and p.get("speedup_vs_reference")]
     if best:
         b = max(best, key=lambda p: p["speedup_vs_reference"])
-        cards.insert(0, ("speedup", f"{b['speedup_vs_reference']:.2f}×", f"{b['backend']} {b['precision']} vs FP32 reference"))
+        ci = b.get("speedup_ci95")
+        cards.insert(0, ("speedup vs FP32 reference", f"{b['speedup_vs_reference']:.2f}×",
+                         (f"95% interval {ci[0]:.2f}–{ci[1]:.2f}× · " if ci else "") +
+                         f"bench, {b['backend']} {b['precision']}, {b.get('protocol') or 'median of per-round ratios'}"))
+        if b.get("accuracy") and b.get("data") and b["data"] != "-":
+            cards.insert(1, ("bench accuracy" if b["accuracy"]["metric"] == "top1" else "bench cosine vs reference",
+                             _fmt_acc(b["accuracy"]), f"bench on {b['data']}"))
     if cards:
         o.append("<div class=cards>" + "".join(f"<div class=card><span>{_e(k)}</span><b>{_e(v)}</b><span>{_e(s)}</span></div>"
                                                for k, v, s in cards) + "</div>")
@@ -412,7 +534,7 @@ def render_html(rep: dict) -> str:
                  "<code>--backend all</code>) and the report is rewritten with latency distributions.</p>")
     else:
         o.append("<table><tr><th class=l>variant</th><th class=l>precision</th><th>p50 ms</th><th>p90 ms</th><th>p99 ms</th>"
-                 "<th>items/s</th><th>vs FP32</th><th>accuracy</th><th class=l>Pareto</th></tr>")
+                 "<th>items/s</th><th>vs FP32</th><th>accuracy</th><th class=l>Pareto</th><th class=l>measured on (data · protocol)</th></tr>")
         for p in points:
             if p.get("status") != "ok":
                 o.append(f"<tr><td class=l>{_e(p['key'])}</td><td class=l>{_e(p['precision'])}</td>"
@@ -423,8 +545,14 @@ def render_html(rep: dict) -> str:
             o.append(f"<tr><td class=l>{_e(p['key'])}</td><td class=l>{_e(p['precision'])}</td><td>{s['p50_ms']:.3f}</td>"
                      f"<td>{s['p90_ms']:.3f}</td><td>{s['p99_ms']:.3f}</td><td>{s['throughput']:.1f}</td>"
                      f"<td>{f'{sp:.2f}×' if sp else '-'}</td><td>{_fmt_acc(p.get('accuracy'))}</td>"
-                     f"<td class=l>{'<span class=tag>on the front</span>' if p.get('pareto') else ''}</td></tr>")
+                     f"<td class=l>{'<span class=tag>on the front</span>' if p.get('pareto') else ''}</td>"
+                     f"<td class='l small muted'>{_e(p.get('data') or '-')} · {_e(p.get('protocol') or '-')}</td></tr>")
         o.append("</table>")
+        for d in rep.get("same_model_twice") or []:
+            o.append(f"<p class='warn small'>The same model ({_e(d['model'])}) was measured {len(d['keys'])} times: p50 "
+                     f"{_e(', '.join(f'{x:.3f}' for x in d['p50_ms']))} ms ({d['spread']:.0%} apart). That spread is "
+                     "run-to-run noise between separate bench runs, not a difference between the models: compare "
+                     "speedups (each measured alternating with its reference in one run), not p50s across runs.</p>")
         o.append("<h3>Latency distribution</h3><div class='muted small'>box p25–p75, black tick p50, open dot p90, "
                  "whiskers min–p99; the shaded strip is the histogram of all timed runs</div>" + svg_latency(points))
         for metric in ("top1", "cosine"):
@@ -440,7 +568,7 @@ def render_html(rep: dict) -> str:
     libs = ", ".join(f"{k} {v}" for k, v in (env.get("libraries") or {}).items())
     o.append(f"<h2>Environment</h2><table><tr><td class=l>CPU</td><td class=l>{_e(cpu.get('model'))} · {_e(cpu.get('arch'))} · "
              f"{_e(cpu.get('logical_cores'))} logical cores · ISA: {_e(isa)}</td></tr>"
-             f"<tr><td class=l>threads</td><td class=l>{_e(sorted({a.get('threads') for a in arts}, key=str))} intra-op, 1 inter-op "
+             f"<tr><td class=l>threads</td><td class=l>{_e(_join(sorted({a.get('threads') for a in arts}, key=str)))} intra-op, 1 inter-op "
              f"(bench: alternating rounds, order flipped each round)</td></tr>"
              f"<tr><td class=l>Python / platform</td><td class=l>{_e(env.get('python'))} · {_e(env.get('platform'))}</td></tr>"
              f"<tr><td class=l>libraries</td><td class=l>{_e(libs)}</td></tr>"
@@ -460,11 +588,11 @@ def _artifact_html(a: dict, several: bool) -> str:
         p = imp["parity"]
         o.append(f"<p>Imported from {_e(imp['source'])} with {_e(imp['exporter'])} (opset {_e(imp['opset'])}); parity vs "
                  f"{_e(imp['framework'])}: max-abs {p['max_abs']:.3g}, cosine {p['cosine']:.7f} on {p['feeds']} feed(s)"
-                 + (f"; dynamic axes checked at {_e(p['dynamic_check']['shapes'])}" if p.get("dynamic_check") else "") + "</p>")
+                 + (f"; dynamic axes checked at {_e(_join(p['dynamic_check']['shapes']))}" if p.get("dynamic_check") else "") + "</p>")
     o.append("<table><tr><th class=l></th><th>nodes</th><th>params</th><th>FLOPs</th><th>size</th><th class=l>opsets</th></tr>")
     for k, m in (("input", i), ("optimized", out_)):
         o.append(f"<tr><td class=l>{k}</td><td>{m['nodes']}</td><td>{m['params']:,}</td><td>{fmt_count(m['flops'])}</td>"
-                 f"<td>{fmt_bytes(m['bytes'])}</td><td class=l>{_e(m['opsets'])}</td></tr>")
+                 f"<td>{fmt_bytes(m['bytes'])}</td><td class=l>{_e(_join(m['opsets']))}</td></tr>")
     o.append("</table><h3>Pass log</h3><table><tr><th class=l>pass</th><th>nodes</th><th>size</th><th>time</th>"
              "<th>vs previous: max-abs / cosine / top-1 agree</th><th>vs input</th><th>top-1</th></tr>")
     for p in a["passes"]:
@@ -474,12 +602,17 @@ def _artifact_html(a: dict, several: bool) -> str:
                  f"<td>{p['seconds']:.2f} s</td><td>{fmt_diff(p['vs_previous'])}</td><td>{fmt_diff(p['vs_input'])}</td>"
                  f"<td>{'-' if p['top1'] is None else format(p['top1'], '.2%')}</td></tr>")
         if p["notes"]:
-            o.append(f"<tr><td></td><td colspan=6 class='l muted small'>{'<br>'.join(_e(n) for n in p['notes'])}</td></tr>")
+            o.append(f"<tr><td></td><td colspan=6 class='l muted small'>{'<br>'.join(_e(_note(n)) for n in p['notes'])}</td></tr>")
     o.append("</table>")
     tol = a.get("tolerance")
     if tol:
-        o.append(f"<p>Tolerance {_e(tol['criterion'])}: <b class={'ok' if tol['passed'] else 'bad'}>"
-                 f"{'met' if tol['passed'] else 'MISSED'}</b> after {tol['trials']} trial(s), judged on {_e(tol['judged_on'])}.</p>")
+        shown = sum(1 for t in a["trials"] if t.get("value") is not None)
+        o.append(f"<p>{'Accuracy gate (default)' if tol.get('default_gate') else 'Tolerance'} {_e(tol['criterion'])}: "
+                 f"<b class={'ok' if tol['passed'] else 'bad'}>{'met' if tol['passed'] else 'MISSED'}</b>, judged on "
+                 f"{_e(tol['judged_on'])}. {tol['trials']} trial(s) ran in all (every candidate pipeline); the chart shows "
+                 f"the {shown} trial(s) of the chosen pipeline's passes that produced a metric value"
+                 + (f" ({len(a['trials']) - shown} more failed to run: see the table)" if len(a['trials']) > shown else "")
+                 + ".</p>")
     if a["trials"]:
         o.append("<h3>Tuner trials</h3>" + svg_trials(a["trials"]))
         o.append("<details><summary>all trials</summary><table><tr><th class=l>pass</th><th>#</th><th class=l>config</th>"

@@ -769,6 +769,8 @@ def tune(model_or_artifact, *, backends="ort", precisions="fp32,int8", threads=N
     if objective not in OBJECTIVES:
         raise InputError(f"--objective must be one of {', '.join(OBJECTIVES)}; got {objective!r}", "pick one")
     sampler = resolve_sampler(sampler)
+    if sampler != "grid":
+        _optuna()  # a missing optuna fails here, before any variant is built or calibrated
     slo_terms = parse_slo(slo)
     parse_tolerance(tolerance)
     if rounds < 1 or round_time <= 0:
@@ -1034,9 +1036,9 @@ def svg_plot(res: dict) -> str:
                      f'<text x="{L - 6}" y="{sy(ty) + 4:.1f}" text-anchor="end">{ty:g}</text>')
     parts.append(f'<line x1="{L}" y1="{H - B}" x2="{W - R}" y2="{H - B}" stroke="#98a2b3"/>'
                  f'<line x1="{L}" y1="{T}" x2="{L}" y2="{H - B}" stroke="#98a2b3"/>'
-                 f'<text x="{(L + W - R) / 2:.0f}" y="{H - 10}" text-anchor="middle">p99 latency per batch (ms'
+                 f'<text class="axis-x" x="{(L + W - R) / 2:.0f}" y="{H - 10}" text-anchor="middle">p99 latency per batch (ms'
                  f'{", log scale" if logx else ""}), lower is better</text>'
-                 f'<text transform="translate(16,{(T + H - B) / 2:.0f}) rotate(-90)" text-anchor="middle">'
+                 f'<text class="axis-y" transform="translate(16,{(T + H - B) / 2:.0f}) rotate(-90)" text-anchor="middle">'
                  'throughput (items/s), higher is better</text>')
     if slo_x:
         parts.append(f'<line x1="{sx(slo_x):.1f}" y1="{T}" x2="{sx(slo_x):.1f}" y2="{H - B}" stroke="#b42318" '
@@ -1071,7 +1073,8 @@ def svg_plot(res: dict) -> str:
     parts.append(f'<text x="{W - R + 10}" y="{ly}">bigger dot = more threads</text>'
                  f'<text x="{W - R + 10}" y="{ly + 15}">open = misses the SLO</text>'
                  f'<text x="{W - R + 10}" y="{ly + 30}">ringed = recommended</text>'
-                 f'<text x="{W - R + 10}" y="{ly + 45}" fill="#b54708">dashed = Pareto front</text></svg>')
+                 f'<text x="{W - R + 10}" y="{ly + 45}" fill="#b54708">'
+                 f'{"dashed = Pareto front" if len(front) > 1 else "Pareto front: one point (no line)"}</text></svg>')
     return "".join(parts)
 
 

@@ -22,6 +22,7 @@ import numpy as np
 import onnx
 
 from .errors import InputError
+from .log import trial_logged
 from .metrics import compare, top1
 
 
@@ -258,6 +259,7 @@ def quant_variants(p) -> list:
     return uniq
 
 
+@trial_logged
 def _trial(p_cls, cfg, model, ctx, ref_out, feeds, labels, tuning: Tuning, label: dict, before: onnx.ModelProto) -> tuple:
     from .errors import PassError
 

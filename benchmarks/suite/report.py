@@ -312,7 +312,9 @@ def readme_block(data: dict, json_name: str) -> str:
 
 def latest_json(results_dir: Path) -> Path | None:
     """The newest full-run suite JSON (quick runs excluded)."""
-    files = sorted(f for f in results_dir.glob("suite-*.json") if not f.name.startswith("suite-quick"))
+    # by date in the name, then by time written (suite-<date>-<isa>.json, suite-<date>-<isa>-2.json, ...)
+    files = sorted((f for f in results_dir.glob("suite-*.json") if not f.name.startswith("suite-quick")),
+                   key=lambda f: (f.name[:len("suite-YYYY-MM-DD")], f.stat().st_mtime))
     return files[-1] if files else None
 
 

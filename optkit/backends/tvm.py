@@ -236,6 +236,24 @@ def _worker_env(threads: int) -> dict:
     return env
 
 
+def _wait_logging(proc: subprocess.Popen, timeout: float | None, spec: dict, every: float = 10.0) -> int:
+    """proc.wait(timeout) that logs progress every ``every`` seconds: tuning records written / the trial budget."""
+    from ..log import step
+
+    t0 = time.monotonic()
+    while True:
+        left = None if timeout is None else timeout - (time.monotonic() - t0)
+        if left is not None and left <= 0:
+            raise subprocess.TimeoutExpired(proc.args, timeout)
+        try:
+            return proc.wait(timeout=every if left is None else min(every, left))
+        except subprocess.TimeoutExpired:
+            rec = Path(spec.get("work_dir", "")) / "database_tuning_record.json"
+            done = sum(1 for _ in open(rec)) if spec.get("work_dir") and rec.is_file() else 0
+            budget = f"/{spec['tune_trials']}" if spec.get("tune_trials") else ""
+            step("TVM %s: %.0f s, %d%s tuning records so far", spec.get("phase"), time.monotonic() - t0, done, budget)
+
+
 def run_worker(spec: dict, log: Path, threads: int, timeout: float | None = None) -> dict:
     """Run one worker phase; returns {'status': 'ok'|'error'|'crashed'|'timeout', 'result', 'returncode', 'log'}."""
     log.parent.mkdir(parents=True, exist_ok=True)
@@ -251,7 +269,7 @@ def run_worker(spec: dict, log: Path, threads: int, timeout: float | None = None
                                     env=_worker_env(threads), start_new_session=True)
             timed_out = False
             try:
-                rc = proc.wait(timeout=timeout)
+                rc = _wait_logging(proc, timeout, spec)
             except subprocess.TimeoutExpired:
                 timed_out = True
                 _kill_group(proc)

@@ -81,6 +81,22 @@ def export(model, path: Path, opset: int = 17) -> None:
                           dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, opset_version=opset, dynamo=False)
 
 
+def require_extras() -> None:
+    """The example trains with torch and loads scikit-learn's digits: say how to get them, once, before any work."""
+    import importlib.util
+
+    def absent(mod: str) -> bool:
+        try:
+            return importlib.util.find_spec(mod) is None
+        except (ImportError, ValueError):
+            return True
+
+    missing = [pkg for mod, pkg in (("torch", "torch"), ("sklearn", "scikit-learn")) if absent(mod)]
+    if missing:
+        raise SystemExit(f"error: the digits example needs {' and '.join(missing)}, which {'is' if len(missing) == 1 else 'are'} "
+                         "not installed; pip install 'optkit[dev]' (or: pip install torch scikit-learn)")
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=Path("examples/digits"))
@@ -88,6 +104,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--opset", type=int, default=17)
     ap.add_argument("--calib", type=int, default=128, help="calibration images (from the training split)")
     a = ap.parse_args(argv)
+    require_extras()  # before any work: one line with the pip install, not a ModuleNotFoundError traceback
     a.out.mkdir(parents=True, exist_ok=True)
     model, info, (xtr, ytr), (xte, yte) = train(a.epochs)
     onnx_path = a.out / "digits_cnn.onnx"
