@@ -299,7 +299,9 @@ def markdown(doc: dict) -> str:
             extra = ""
             if v.get("chosen") is not None or v.get("tolerance"):
                 t = v.get("tolerance") or {}
-                extra = f" (chose {v.get('chosen')}; tolerance {'met' if t.get('passed') else 'MISSED'})"
+                ch = next((c for c in v.get("candidates") or [] if c.get("chosen")), {})
+                rev = f", guard reverted {'+'.join(ch['reverted'])}" if ch.get("reverted") else ""
+                extra = f" (chose {v.get('chosen')}{rev}; tolerance {'met' if t.get('passed') else 'MISSED'})"
             err = v.get("error") or v.get("measure_error") or ""
             if err.startswith("Traceback") and v.get("stderr_tail"):
                 err = v["stderr_tail"].strip().splitlines()[-1]
