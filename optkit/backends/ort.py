@@ -125,6 +125,15 @@ class OrtBackend(Backend):
         if external or tensor_bytes(proto) >= EXTERNAL_DATA_THRESHOLD or os.path.getsize(model_path) >= EXTERNAL_DATA_THRESHOLD:
             so.add_session_config_entry("session.optimized_model_external_initializers_file_name", "model.ort.onnx.data")
         ort.InferenceSession(str(model_path), so, providers=["CPUExecutionProvider"])
+        try:  # what is written is what optkit.load serves: it must load
+            ort.InferenceSession(str(dst), session_options(threads, options.graph_optimization_level),
+                                 providers=["CPUExecutionProvider"])
+        except Exception as e:  # seen: ORT 1.32 saves fp16 If-subgraphs with duplicate cast names (not SSA)
+            for f in (dst, out_dir / "model.ort.onnx.data"):
+                f.unlink(missing_ok=True)
+            info["saved_optimized"] = {"written": False, "reason": f"ONNX Runtime's saved optimized graph does not "
+                                       f"reload ({str(e).strip().splitlines()[0][:200]}); the artifact serves model.onnx"}
+            return info
         info.update({"artifact": str(dst.name), "saved_level": options.saved_level})
         return info
 
