@@ -970,7 +970,7 @@ def passes(fmt: Format = FormatOpt):
 @_guard
 def verify(
     artifacts: List[Path] = typer.Argument(..., help="artifact directories (OUT/<name>/<version>; OUT/<name> checks every version)"),
-    fmt: str = FormatOpt,
+    fmt: Format = FormatOpt,
 ):
     """Check every file of an artifact against the sha256 its manifest recorded at optimize (exit 7 on a mismatch).
 

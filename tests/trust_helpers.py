@@ -2,6 +2,8 @@
 failing command must pass (one line, no traceback, nothing left behind, inputs untouched)."""
 from __future__ import annotations
 
+import re
+
 import contextlib
 import io
 import os
@@ -48,7 +50,10 @@ def run_inproc(*args, cwd: Path | None = None) -> Result:
 
 def error_lines(text: str) -> list[str]:
     return [ln for ln in text.splitlines() if ln.strip() and not ln.startswith("warning:")
-            and not ln.lstrip().startswith(("✓", "↶"))]
+            and not ln.lstrip().startswith(("✓", "↶")) and not PROGRESS.match(ln)]
+
+
+PROGRESS = re.compile(r"^\s*\[\d+(\.\d+)? s\] ")  # the CLI's progress log lines ("[1.3 s] pass 1/2 fuse: started")
 
 
 def assert_clean_failure(r: Result, out: Path | None, context: str = "") -> str:
