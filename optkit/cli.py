@@ -151,6 +151,7 @@ def optimize(
     output_names: Optional[str] = OutNamesOpt,
     signature: Optional[str] = SignatureOpt,
     parity_tol: str = ParityOpt,
+    no_cache: bool = typer.Option(False, "--no-cache", help="recompute every pass (the pass cache is OPTKIT_CACHE_DIR or ~/.cache/optkit; see `optkit cache info`)"),
     fmt: str = FormatOpt,
 ):
     """Run a recipe's passes on MODEL, check numerics after each, compile for the backend, write a versioned artifact.
@@ -181,7 +182,7 @@ def optimize(
     man = run(model, recipe, data=data, shapes=shapes, output=output, threads=threads, version=version, name=name,
               progress=progress, warn=_warn, on_pass=on_pass, tolerance=tolerance, metric=metric, budget=budget,
               max_trials=max_trials, allow_miss=allow_miss, force=force, eval_data=eval_data, import_options=imp_opts,
-              backends=backend, serve_isa=serve_isa)
+              backends=backend, serve_isa=serve_isa, cache=False if no_cache else None)
     if fmt == "json":
         _print_json(man)
         return
@@ -191,7 +192,7 @@ def optimize(
     for col in ("pass", "nodes", "size", "time", "vs previous: max-abs / cosine / top-1 agree", "vs input", "top-1"):
         t.add_column(col)
     for e in man["pass_log"]:
-        t.add_row(e["pass"] + ("" if e["status"] == "ok" else f" ({e['status']})"), f"{e['nodes_before']} → {e['nodes_after']}",
+        t.add_row(e["pass"] + ("" if e["status"] == "ok" else f" ({e['status']})") + (" (cached)" if e.get("cached") else ""), f"{e['nodes_before']} → {e['nodes_after']}",
                   f"{fmt_bytes(e['bytes_before'])} → {fmt_bytes(e['bytes_after'])}", f"{e['seconds']:.2f} s",
                   fmt_diff(e.get("vs_previous")), fmt_diff(e.get("vs_input")), f"{e['top1']:.2%}" if "top1" in e else "-")
     out.print(t)
@@ -639,6 +640,34 @@ def passes(fmt: str = FormatOpt):
                          + f": {o['doc']}" for o in r["options"])
         t.add_row(r["name"], "yes" if r["exact"] else "no", r["doc"], opts or "-")
     out.print(t)
+
+
+@app.command()
+@_guard
+def cache(
+    action: str = typer.Argument("info", help="info (where, entries, size) | clear (delete every entry) | prune (to the size cap)"),
+    fmt: str = FormatOpt,
+):
+    """The pass cache: reused pass results keyed by model, pass, config, data and versions (OPTKIT_CACHE_DIR)."""
+    from .cache import PassCache
+    from .errors import InputError
+
+    fmt = _check_format(fmt)
+    c = PassCache()
+    if action == "clear":
+        res = {**c.info(), "removed": c.clear()}
+        res.update({"entries": 0, "bytes": 0})
+    elif action == "prune":
+        res = {"removed": c.prune(), **c.info()}
+    elif action == "info":
+        res = c.info()
+    else:
+        raise InputError(f"unknown cache action {action!r}", "use info, clear or prune")
+    if fmt == "json":
+        _print_json(res)
+        return
+    out.print(f"pass cache {res['path']}: {res['entries']} entries, {fmt_bytes(res['bytes'])} of {fmt_bytes(res['max_bytes'])}"
+              + (f"; removed {res['removed']}" if "removed" in res else ""), highlight=False)
 
 
 def main(argv: list[str] | None = None) -> None:

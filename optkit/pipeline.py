@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 import onnx
 
+from .cache import run_pass
 from .errors import PassError
 from .metrics import compare, top1, within
 from .model import model_bytes
@@ -66,7 +67,7 @@ class Pipeline:
             outcome = None
             try:
                 outcome = self._tuned(p, model, ref_out, feeds, labels)
-                result = outcome.result if outcome is not None else p.run(model, self.ctx)
+                result = outcome.result if outcome is not None else run_pass(p, model, self.ctx)
             except PassError as e:
                 raise PassError(f"pass {p.name!r} failed: {e.what}" + _after(done), e.hint) from e
             except Exception as e:
@@ -81,8 +82,12 @@ class Pipeline:
                                 "report the model; drop the pass to continue") from e
             entry.update({"modified": result.modified, "nodes_after": len(new.graph.node), "bytes_after": model_bytes(new),
                           "notes": result.notes, **({"metrics": result.metrics} if result.metrics else {})})
+            if getattr(result, "cached", False):
+                entry["cached"] = True  # answered by the pass cache (optkit.cache): not recomputed
             if outcome is not None:
                 entry["trials"] = outcome.trials
+                entry["validations"] = sum(1 for r in outcome.trials if "error" not in r and "ok" in r)
+                entry["trials_cached"] = sum(1 for r in outcome.trials if r.get("cached"))
             if feeds:
                 try:
                     new_out = self.ctx.evaluator.run(new, feeds)

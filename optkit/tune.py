@@ -261,9 +261,11 @@ def quant_variants(p) -> list:
 def _trial(p_cls, cfg, model, ctx, ref_out, feeds, labels, tuning: Tuning, label: dict, before: onnx.ModelProto) -> tuple:
     from .errors import PassError
 
+    from .cache import run_pass
+
     t0 = time.perf_counter()
     try:
-        res = p_cls(cfg).run(model, ctx)
+        res = run_pass(p_cls(cfg), model, ctx)
     except PassError as e:  # one failing configuration (e.g. an ORT calibrator bug) costs one trial, not the search
         tuning.trials_run += 1
         return None, None, {**label, "ok": False, "error": e.what, "seconds": round(time.perf_counter() - t0, 3)}
@@ -281,6 +283,8 @@ def _trial(p_cls, cfg, model, ctx, ref_out, feeds, labels, tuning: Tuning, label
         speed = tuning.probe.compare(before, res.model)
         rec["speedup_vs_before"] = speed["median"]
         rec["speed"] = speed
+    if getattr(res, "cached", False):
+        rec["cached"] = True
     tuning.trials_run += 1
     return res, judged, rec
 

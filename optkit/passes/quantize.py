@@ -120,6 +120,7 @@ def _dynamic_op_types(cfg: DynamicConfig) -> list[str]:
 @register_pass
 class Int8Dynamic(Pass):
     name = "int8-dynamic"
+    reads_samples = False
     doc = "Dynamic INT8 (weights INT8 offline, activations quantized at run time); no calibration data needed."
     Config = DynamicConfig
     exact = False
