@@ -303,7 +303,9 @@ def _pick_candidate(prefix, candidates, ctx, tuning, original, on_pass, evals, e
             what = e.what if isinstance(e, OptkitError) else f"{type(e).__name__}: {str(e).strip()[:300]}"
             rows.append({"candidate": cname, "passes": [p.name for p in cpasses], "error": what, "passed": False})
             continue
-        speed = tuning.probe.compare(original, sub.model) if tuning.probe is not None else None
+        from .cache import probe_compare
+
+        speed = probe_compare(tuning.probe, original, sub.model, ctx.cache) if tuning.probe is not None else None
         acc = sub.log[-1].get("vs_input", {}) if sub.log else {}
         row = {"candidate": cname, "passes": [p.name for p in cpasses], "passed": not sub.missed, "missed_by": sub.missed,
                "speedup_vs_input": speed["median"] if speed else None, "trials": own.trials_run,

@@ -6,6 +6,10 @@ onnxruntime versions and a fingerprint of the pass's own source code. Value = th
 log fields (modified, notes, metrics). A second identical ``optimize`` then only loads; a tolerance search re-run with
 one option changed recomputes only the trials whose inputs changed.
 
+Beside pass results it keeps, under the same cap, the deployed evaluator's outputs of a model on feeds
+(``ROOT/outputs``), speed-probe results (``ROOT/speed``, keyed by the CPU) and calibration ranges
+(``ROOT/calibration``, shared by the configurations that differ only in how the ranges are used).
+
 Layout: ``ROOT/passes/<k[:2]>/<key>.bin``, one file per entry (a small JSON header with the model's sha256, then the
 model bytes). ROOT is ``OPTKIT_CACHE_DIR`` or ``~/.cache/optkit``. Safe under concurrent runs: an entry is written
 under a temporary name in the same directory and renamed into place (``os.replace``: readers see the old file, the
@@ -27,6 +31,8 @@ import numpy as np
 import onnx
 
 DEFAULT_MAX_BYTES = 5 * 1024 ** 3
+# what lives under the root: pass results, model outputs on feeds, speed-probe results, calibration ranges
+KINDS = ("passes", "outputs", "speed", "sensitivity", "calibration")
 _MAGIC = b"OPTKITC1"
 _FINGERPRINTS: dict[str, str] = {}
 
@@ -97,6 +103,7 @@ class PassCache:
         self.max_bytes = int(max_bytes if max_bytes is not None else env_max if env_max else DEFAULT_MAX_BYTES)
         self.enabled = enabled
         self.hits = self.misses = self.dropped = 0
+        self.last_memo_hit = False
 
     # -- keys ---------------------------------------------------------------------------------------------------
     def key(self, p, model: onnx.ModelProto, ctx) -> str:
@@ -182,15 +189,22 @@ class PassCache:
         self.prune()
         return True
 
-    def entries(self) -> list[tuple[Path, os.stat_result]]:
+    def entries(self, kinds: tuple[str, ...] = KINDS) -> list[tuple[Path, os.stat_result]]:
+        """(file, stat) of every entry of these kinds: pass results, memoized outputs and timings, calibrations."""
         out = []
-        if not self.dir.is_dir():
-            return out
-        for f in self.dir.glob("*/*.bin"):
-            try:
-                out.append((f, f.stat()))
-            except OSError:  # removed by a concurrent prune
-                pass
+        for kind in kinds:
+            d = self.root / kind
+            if not d.is_dir():
+                continue
+            for f in d.rglob("*"):
+                if f.name.startswith(".tmp-") or f.name.startswith(".calibcache_"):
+                    continue
+                try:
+                    st = f.stat()
+                except OSError:  # removed by a concurrent prune
+                    continue
+                if f.is_file():
+                    out.append((f, st))
         return out
 
     def prune(self, max_bytes: int | None = None) -> int:
@@ -209,7 +223,7 @@ class PassCache:
                 pass
             total -= st.st_size
         # temporary files of writers that died (older than an hour)
-        for t in self.dir.glob("*/.tmp-*") if self.dir.is_dir() else []:
+        for t in [t for k in KINDS if (self.root / k).is_dir() for t in (self.root / k).rglob(".tmp-*")]:
             try:
                 if time.time() - t.stat().st_mtime > 3600:
                     t.unlink()
@@ -219,7 +233,8 @@ class PassCache:
 
     def info(self) -> dict:
         ents = self.entries()
-        return {"root": str(self.root), "path": str(self.dir), "entries": len(ents),
+        kinds = {k: sum(1 for f, _ in ents if f.relative_to(self.root).parts[0] == k) for k in KINDS}
+        return {"root": str(self.root), "path": str(self.dir), "entries": len(ents), "kinds": kinds,
                 "bytes": sum(st.st_size for _, st in ents), "max_bytes": self.max_bytes}
 
     def clear(self) -> int:
@@ -270,3 +285,113 @@ def make_cache(cache) -> PassCache | None:
     if cache is None or cache is True:
         return PassCache()
     return PassCache(cache)
+
+
+# -- memoized evaluations and speed probes ---------------------------------------------------------------------------
+# Outputs of a model on feeds (as the deployed evaluator computes them) and the result of a speed probe are pure
+# functions of their inputs on one host: a re-run answers them from the cache too, so a second identical optimize
+# only loads. Timings are keyed by the CPU model and flags, the evaluator and the probe's protocol; they carry
+# "cached": true so a reader can tell a re-used measurement from a fresh one.
+
+def _memo_path(cache: PassCache, kind: str, key: str) -> Path:
+    return cache.root / kind / key[:2] / f"{key}.npz"
+
+
+def _write_atomic(path: Path, writer) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=path.suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        writer(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def _memo_key(parts: dict) -> str:
+    return hashlib.sha256(json.dumps({**parts, "versions": _versions()}, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def evaluate(evaluator, model: onnx.ModelProto, feeds: list[dict], cache: PassCache | None) -> list[dict]:
+    """``evaluator.run(model, feeds)``, answered from the cache when the same model was run the same way on the
+    same feeds before."""
+    if cache is None or not cache.enabled or not feeds:
+        return evaluator.run(model, feeds)
+    from .data import Samples
+
+    try:
+        key = _memo_key({"kind": "outputs", "model": model_digest(model), "feeds": feeds_digest(Samples(list(feeds))),
+                         "evaluator": evaluator.to_dict() if hasattr(evaluator, "to_dict") else repr(evaluator)})
+    except Exception:
+        return evaluator.run(model, feeds)
+    path = _memo_path(cache, "outputs", key)
+    if path.is_file():
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                meta = json.loads(str(z["__meta__"]))
+                outs = [{name: z[f"{i}/{j}"] for j, name in enumerate(names)} for i, names in enumerate(meta["names"])]
+            if len(outs) == len(feeds):
+                os.utime(path)
+                cache.hits += 1
+                return outs
+        except Exception:  # corrupt: drop and recompute
+            cache.dropped += 1
+            try:
+                path.unlink()
+            except OSError:
+                pass
+    outs = evaluator.run(model, feeds)
+    arrays = {f"{i}/{j}": np.asarray(v) for i, o in enumerate(outs) for j, v in enumerate(o.values())}
+    arrays["__meta__"] = np.array(json.dumps({"names": [list(o) for o in outs]}))
+    try:
+        _write_atomic(path, lambda tmp: np.savez(open(tmp, "wb"), **arrays))
+    except (OSError, ValueError):
+        pass
+    return outs
+
+
+def probe_compare(probe, base: onnx.ModelProto, cand: onnx.ModelProto, cache: PassCache | None) -> dict:
+    """``probe.compare(base, cand)`` (a SpeedProbe), re-used from an earlier run on this CPU when the models, the
+    feed, the evaluator and the protocol are the same."""
+    if cache is None or not cache.enabled:
+        return probe.compare(base, cand)
+    from .data import Samples
+    from .hw import cpu_features
+
+    try:
+        cpu = cpu_features()
+        key = _memo_key({"kind": "speed", "base": model_digest(base), "cand": model_digest(cand),
+                         "feed": feeds_digest(Samples([probe.feed])), "evaluator": probe.evaluator.to_dict(),
+                         "protocol": [probe.min_rounds, probe.max_rounds, probe.round_time, probe.time_cap],
+                         "cpu": {k: cpu.get(k) for k in ("model", "arch", "isa", "logical_cores")}})
+    except Exception:
+        return probe.compare(base, cand)
+    return {**memo_json(cache, "speed", key, lambda: probe.compare(base, cand)), **({"cached": True} if
+            cache.last_memo_hit else {})}
+
+
+def memo_json(cache: PassCache | None, kind: str, key: str, compute):
+    """A JSON-able value under ``ROOT/<kind>/``: read when present (``cache.last_memo_hit``), else computed and
+    written atomically."""
+    if cache is None or not cache.enabled:
+        return compute()
+    path = cache.root / kind / key[:2] / f"{key}.json"
+    try:
+        res = json.loads(path.read_text())
+        os.utime(path)
+        cache.hits += 1
+        cache.last_memo_hit = True
+        return res
+    except (OSError, ValueError):
+        pass
+    res = compute()
+    cache.last_memo_hit = False
+    try:
+        _write_atomic(path, lambda tmp: Path(tmp).write_text(json.dumps(res)))
+    except (OSError, TypeError, ValueError):
+        pass
+    return res

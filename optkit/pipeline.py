@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import onnx
 
-from .cache import run_pass
+from .cache import evaluate, probe_compare, run_pass
 from .errors import PassError
 from .metrics import compare, top1, within
 from .model import model_bytes
@@ -55,7 +55,7 @@ class Pipeline:
             from .evaluate import Evaluator
 
             self.ctx.evaluator = Evaluator(threads=self.ctx.threads)
-        ref_out = self.ctx.evaluator.run(model, feeds) if feeds else []
+        ref_out = evaluate(self.ctx.evaluator, model, feeds, self.ctx.cache) if feeds else []
         prev_out = ref_out
         log: list[dict] = []
         done: list[str] = []
@@ -90,7 +90,7 @@ class Pipeline:
                 entry["trials_cached"] = sum(1 for r in outcome.trials if r.get("cached"))
             if feeds:
                 try:
-                    new_out = self.ctx.evaluator.run(new, feeds)
+                    new_out = evaluate(self.ctx.evaluator, new, feeds, self.ctx.cache)
                 except Exception as e:
                     raise PassError(f"pass {p.name!r} produced a model the deployed runtime cannot run: "
                                     f"{type(e).__name__}: {str(e).strip().splitlines()[0][:300] if str(e).strip() else ''}"
@@ -157,7 +157,7 @@ class Pipeline:
             return False
         speed = (outcome.trials and next((r.get("speed") for r in outcome.trials if r.get("chosen")), None)) \
             if outcome is not None else None
-        speed = speed or t.probe.compare(before, after)
+        speed = speed or probe_compare(t.probe, before, after, self.ctx.cache)
         entry["guard"] = {"speedup_vs_before": speed["median"], "interval": [speed["lo"], speed["hi"]],
                           "rounds": speed["rounds"], "verdict": speed["verdict"]}
         if speed["verdict"] != "slower":  # only a slowdown the intervals can show is reverted
@@ -171,7 +171,7 @@ class Pipeline:
         t = self.tuning
         if t is None or not t.guard or t.probe is None or not any(e.get("status") == "ok" and e.get("modified") for e in out.log):
             return
-        speed = t.probe.compare(original, out.model)
+        speed = probe_compare(t.probe, original, out.model, self.ctx.cache)
         slower = speed["verdict"] == "slower"
         out.final_guard = {"speedup_vs_input": speed["median"], "interval": [speed["lo"], speed["hi"]],
                            "rounds": speed["rounds"], "verdict": speed["verdict"], "kept": not slower}
