@@ -14,6 +14,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import onnx
 
 from ..errors import PassError
@@ -209,7 +210,7 @@ def _calib_key(model: onnx.ModelProto, cfg: "StaticConfig", act: str, feeds_dige
 
     parts = {"model": model_digest(model), "method": cfg.calibration, "act": act, "feeds": feeds_digest,
              "percentile": cfg.percentile if cfg.calibration == "percentile" else None, "chunk": CALIB_CHUNK,
-             "ort": onnxruntime.__version__, "v": 1}
+             "ort": onnxruntime.__version__, "v": 2}
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
 
@@ -232,6 +233,8 @@ def calibrate(prepared: onnx.ModelProto, cfg: "StaticConfig", feeds, progress, p
         calibrator = create_calibrator(src, op_types, augmented_model_path=str(Path(d) / "augmented.onnx"),
                                        calibrate_method=getattr(CalibrationMethod, _METHODS[cfg.calibration]),
                                        use_external_data_format=big, extra_options=extra)
+        if cfg.calibration != "minmax":
+            calibrator.infer_session = _ClippedSession(calibrator.infer_session)
         chunk: list = []
         seen = 0
         for feed in feeds:
@@ -248,6 +251,25 @@ def calibrate(prepared: onnx.ModelProto, cfg: "StaticConfig", feeds, progress, p
         ranges = calibrator.compute_data()
         del calibrator
     save_tensors_data(ranges, path)  # ORT writes a temporary file and renames it: concurrent runs are safe
+
+
+class _ClippedSession:
+    """The calibrator's session with float outputs clipped to +-finfo(float32).max / 4. ORT's histogram collector
+    spans (-t, t) with t = max |x|: an additive attention mask of float32 min (-3.4e38, what torch exports) makes that
+    span overflow to inf and entropy calibration fail ('Too many bins for data range'). A range that wide is useless
+    for INT8 anyway; clipped, the other tensors calibrate normally."""
+
+    LIMIT = float(np.finfo(np.float32).max) / 4
+
+    def __init__(self, sess):
+        self._sess = sess
+
+    def __getattr__(self, name):
+        return getattr(self._sess, name)
+
+    def run(self, *args, **kwargs):
+        return [np.clip(o, -self.LIMIT, self.LIMIT) if isinstance(o, np.ndarray) and o.dtype.kind == "f" else o
+                for o in self._sess.run(*args, **kwargs)]
 
 
 class _ListReader:
