@@ -10,6 +10,7 @@ import collections
 import contextlib
 import io
 import logging
+import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -326,6 +327,7 @@ class Int8Static(Pass):
                  "DefaultTensorType": onnx.TensorProto.FLOAT}
         cal_path = _calib_dir(ctx) / f"{key}.json"
         reused = _usable_ranges(cal_path)
+        private = Path(tempfile.mkdtemp(prefix="optkit-ranges-")) / "ranges.json"
         try:
             if not reused:
                 ctx.progress.start(f"calibrating ({cfg.calibration})", total=len(feeds))
@@ -333,8 +335,10 @@ class Int8Static(Pass):
                     calibrate(prepared, cfg, feeds, ctx.progress, cal_path)
                 finally:
                     ctx.progress.stop()
+            # a private copy: a concurrent run's LRU pruning may remove the shared file while ORT reads it
+            shutil.copyfile(cal_path, private)
             out = _run_quantizer(
-                quantize_static, prepared, calibration_data_reader=None, calibration_cache_path=str(cal_path),
+                quantize_static, prepared, calibration_data_reader=None, calibration_cache_path=str(private),
                 quant_format=QuantFormat.QDQ if cfg.format == "qdq" else QuantFormat.QOperator,
                 per_channel=cfg.per_channel, reduce_range=rr,
                 activation_type=getattr(QuantType, _QTYPES[act]), weight_type=getattr(QuantType, _QTYPES[wt]),
@@ -346,6 +350,8 @@ class Int8Static(Pass):
         except Exception as e:
             raise PassError(f"int8-static: onnxruntime.quantization failed: {type(e).__name__}: {str(e).splitlines()[0][:300]}",
                             "try calibration: minmax, exclude the failing node, or report the model") from e
+        finally:
+            shutil.rmtree(private.parent, ignore_errors=True)
         if reused:
             notes.append("calibration ranges reused (same model, method and feeds as an earlier configuration)")
         notes.append(quantized_summary(model, out))
