@@ -101,6 +101,14 @@ def main(argv=None) -> dict:
            "encoder": {"hidden": a.hidden, "layers": a.layers, "heads": a.heads, "seq": a.seq, "feeds": a.samples},
            "command": "optkit " + " ".join(base[:1] + ["ENC"] + base[2:5] + ["samples.npz"] + base[5:]) + " --tolerance 1%",
            "before_rev": a.before_rev, "runs": runs}
+    path = write_results(res)
+    print(path)
+    return res
+
+
+def write_results(res: dict) -> Path:
+    """benchmarks/results/auto_ort_search-<date>-<isa>[-N].{json,md}, never overwriting."""
+    e = res["encoder"]
     out_dir = REPO / "benchmarks" / "results"
     stem = f"auto_ort_search-{res['date']}-{res['isa'].replace(' ', '_').replace('/', '_')}"
     n, path = 1, out_dir / f"{stem}.json"
@@ -109,19 +117,24 @@ def main(argv=None) -> dict:
         path = out_dir / f"{stem}-{n}.json"
     path.write_text(json.dumps(res, indent=2) + "\n")
     lines = [f"# auto-ort --tolerance 1%: before vs after issue 17 ({res['date']}, {res['isa']}, {res['cpu']})", "",
-             f"Encoder h{a.hidden}, {a.layers} layers, {a.heads} heads, seq {a.seq}, {a.samples} feeds; "
-             f"{res['cores_note']}. Before = {a.before_rev}.", "",
-             "| run | wall s | validations | chosen | speedup vs input | cosine vs input | cached passes |",
+             f"Encoder h{e['hidden']}, {e['layers']} layers, {e['heads']} heads, seq {e['seq']}, {e['feeds']} feeds; "
+             f"{res['cores_note']}. Before = {res['before_rev']}.", "",
+             "| run | wall s | validations | chosen | chosen speedup vs input | cosine vs input | cached passes |",
              "|---|---|---|---|---|---|---|"]
-    for name, r in runs.items():
-        sp = r["chosen_speedup_vs_input"]
-        cos = r["cosine_vs_input"]
+    for name, r in res["runs"].items():
+        sp, cos = r["chosen_speedup_vs_input"], r["cosine_vs_input"]
         lines.append(f"| {name} | {r['wall_s']} | {r['validations']} | {r['chosen']} | "
-                     f"{sp:.2f}x | " if sp else f"| {name} | {r['wall_s']} | {r['validations']} | {r['chosen']} | - | ")
-        lines[-1] += (f"{cos:.5f} | " if cos is not None else "- | ") + f"{r['cached_passes']} |"
+                     + (f"{sp:.2f}x" if sp else "-") + " | " + (f"{cos:.5f}" if cos is not None else "-")
+                     + f" | {r['cached_passes']} |")
+    lines += ["", "Per candidate (speedup vs input, validations):", ""]
+    for name, r in res["runs"].items():
+        lines.append(f"- {name}: " + ", ".join(
+            f"{c['candidate']} {c['speedup_vs_input']:.2f}x/{c['trials']}" if c.get("speedup_vs_input") else
+            f"{c['candidate']} {c.get('error') or c.get('skipped') or '-'}" for c in r["candidates"]))
+    for note in res.get("notes", []):
+        lines += ["", note]
     path.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    print(path)
-    return res
+    return path
 
 
 if __name__ == "__main__":
