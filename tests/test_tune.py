@@ -278,10 +278,12 @@ def test_static_configurations_share_one_calibration(tmp_path):
     from conftest import cnn_data, tiny_cnn
     from optkit.data import load_samples
     from optkit.model import load_model
+    from optkit.cache import PassCache
     from optkit.passes import Context, get_pass
 
     m = load_model(tiny_cnn(tmp_path / "cnn.onnx"))
-    ctx = Context(samples=load_samples(cnn_data(tmp_path / "c.npz", n=8), m))
+    # a cache of its own: without one, ranges are shared for the process's lifetime (other tests calibrate this model)
+    ctx = Context(samples=load_samples(cnn_data(tmp_path / "c.npz", n=8), m), cache=PassCache(tmp_path / "cache"))
     first = get_pass("int8-static")({"calibration": "percentile"}).run(m, ctx)
     assert not any("reused" in n for n in first.notes)
     for cfg in ({"calibration": "percentile", "per_channel": False}, {"calibration": "percentile", "format": "qoperator"},
