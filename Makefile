@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 OPTKIT := $(VENV)/bin/optkit
 DEMO := optkit-out/demo
 
-.PHONY: install demo test test-slow test-isa bench clean corpus
+.PHONY: install demo test test-slow test-isa test-ray bench clean corpus
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -30,6 +30,11 @@ test: install
 
 test-slow: install
 	$(PY) -m pytest -q -m slow
+
+# Ray executor + fleet tests on a real local Ray cluster. Ray (~240 MB installed) is an optional extra, not in `install`.
+test-ray: install
+	$(PY) -m pip install -q -e '.[ray]'
+	$(PY) -m pytest -q -m ray
 
 # The ISA-dependent tests as an AVX2-only CPU would run them (QEMU's TCG has AVX2, no AVX-512/VNNI): ORT picks its
 # INT8 kernels from CPUID and has no switch of its own, so emulation is how a VNNI machine sees AVX2 results.

@@ -157,7 +157,7 @@ def optimize(model, recipe: str | Path | Recipe, *, data: str | Path | None = No
              max_trials: int = 24, allow_miss: bool = False, force: bool = False,
              eval_data: str | Path | None = None, eval_feeds: int = 512, example_inputs=None,
              import_options: dict | None = None, backends: str | list[str] | None = None,
-             serve_isa: str | None = None) -> dict:
+             serve_isa: str | None = None, cache=None) -> dict:
     """Run ``recipe`` on a model and write ``output/<name>/<version>/`` (model.onnx, compiled/, manifest.json).
 
     Returns the manifest (with ``artifact`` = the version directory). Validation happens before anything is
@@ -181,6 +181,10 @@ def optimize(model, recipe: str | Path | Recipe, *, data: str | Path | None = No
     ``backends`` ('tvm', 'ort,tvm,trt', 'all', or a list) compiles the result for those backends instead of the
     recipe's: the first into ``compiled/`` (the artifact's backend), the others into ``compiled-<name>/``; a
     backend that cannot compile here is recorded in the manifest's ``backends`` with the reason.
+
+    ``cache``: the pass cache (``optkit.cache``): None = ``OPTKIT_CACHE_DIR`` or ``~/.cache/optkit`` (off when
+    ``OPTKIT_NO_CACHE`` is set), False = off, a path = a cache rooted there. A pass answered from it is marked
+    ``"cached": true`` in the pass log.
     """
     from .measure import parse_backends
 
@@ -212,8 +216,11 @@ def optimize(model, recipe: str | Path | Recipe, *, data: str | Path | None = No
 
     evaluator = Evaluator.for_backend(targets[0], backend_opts, threads)  # every decision runs the model as served
     cpu = _serve_cpu(serve_isa)
+    from .cache import make_cache
+
+    pass_cache = make_cache(cache)
     ctx = Context(samples=samples, shapes=dict(shapes or {}), threads=threads, cpu=cpu,
-                  progress=progress or Progress(), warn=warn, evaluator=evaluator)
+                  progress=progress or Progress(), warn=warn, evaluator=evaluator, cache=pass_cache)
     tuning = _tuning(m, rec, passes, evals, threads, tolerance, metric, budget, max_trials, force, warn, evaluator,
                      targets[0])
     out_root = Path(output)
@@ -278,6 +285,7 @@ def optimize(model, recipe: str | Path | Recipe, *, data: str | Path | None = No
             "int8": _int8_record(result.log, serve_isa),
             "candidates": candidates,
             "warnings": list(samples.warnings),
+            "cache": ({"root": str(pass_cache.root), **pass_cache.stats()} if pass_cache is not None else None),
             "environment": environment(),
             "reproduce": _reproduce(model, recipe, rec, data, eval_data, tolerance, metric, targets, threads, output),
         }
@@ -377,7 +385,9 @@ def _pick_candidate(prefix, candidates, ctx, tuning, original, on_pass, evals, e
             what = e.what if isinstance(e, OptkitError) else f"{type(e).__name__}: {str(e).strip()[:300]}"
             rows.append({"candidate": cname, "passes": [p.name for p in cpasses], "error": what, "passed": False})
             continue
-        speed = tuning.probe.compare(original, sub.model) if tuning.probe is not None else None
+        from .cache import probe_compare
+
+        speed = probe_compare(tuning.probe, original, sub.model, ctx.cache) if tuning.probe is not None else None
         acc = sub.log[-1].get("vs_input", {}) if sub.log else {}
         row = {"candidate": cname, "passes": [p.name for p in cpasses], "passed": not sub.missed, "missed_by": sub.missed,
                "speedup_vs_input": speed["median"] if speed else None, "trials": own.trials_run,

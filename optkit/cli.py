@@ -291,6 +291,7 @@ def optimize(
     trust_pickle: bool = TrustPickleOpt,
     dry_run: bool = typer.Option(False, "--dry-run", help="print the plan (passes and options, backend, data, gate, "
                                  "what would be written) and exit 0 without writing anything"),
+    no_cache: bool = typer.Option(False, "--no-cache", help="recompute every pass (the pass cache is OPTKIT_CACHE_DIR or ~/.cache/optkit; see `optkit cache info`)"),
     fmt: Format = FormatOpt,
 ):
     """Run a recipe's passes on MODEL, check numerics after each, compile for the backend, write a versioned artifact.
@@ -335,7 +336,7 @@ def optimize(
     man = run(model, recipe, data=data, shapes=shapes, output=output, threads=threads, version=version, name=name,
               progress=progress, warn=_warn, on_pass=on_pass, tolerance=tolerance, metric=metric, budget=budget,
               max_trials=max_trials, allow_miss=allow_miss, force=force, eval_data=eval_data, import_options=imp_opts,
-              backends=backend, serve_isa=serve_isa)
+              backends=backend, serve_isa=serve_isa, cache=False if no_cache else None)
     if fmt == "json":
         _print_json(man)
         return
@@ -345,7 +346,7 @@ def optimize(
     for col in ("pass", "nodes", "size", "time", "vs previous: max-abs / cosine / top-1 agree", "vs input", "top-1"):
         t.add_column(col)
     for e in man["pass_log"]:
-        t.add_row(e["pass"] + ("" if e["status"] == "ok" else f" ({e['status']})"), f"{e['nodes_before']} → {e['nodes_after']}",
+        t.add_row(e["pass"] + ("" if e["status"] == "ok" else f" ({e['status']})") + (" (cached)" if e.get("cached") else ""), f"{e['nodes_before']} → {e['nodes_after']}",
                   f"{fmt_bytes(e['bytes_before'])} → {fmt_bytes(e['bytes_after'])}", f"{e['seconds']:.2f} s",
                   fmt_diff(e.get("vs_previous")), fmt_diff(e.get("vs_input")), f"{e['top1']:.2%}" if "top1" in e else "-")
     out.print(t)
@@ -777,8 +778,8 @@ def tune(
     eval_data: Optional[Path] = typer.Option(None, "--eval-data", help="held-out feeds the tolerance is judged on (default: --data)"),
     shape: Optional[List[str]] = ShapeOpt,
     output: Path = typer.Option(Path("optkit-out"), "--output", "-o", help="for an ONNX model: files go to OUTPUT/<name>/tune/"),
-    executor: str = typer.Option("local", "--executor", help="where trials run: local (a child process per trial)"),
-    workers: int = typer.Option(1, "--workers", help="trials at once; > 1 shares cores and distorts every timing"),
+    executor: str = typer.Option("local", "--executor", help="where trials run: local (a child process per trial) | ray (a local Ray cluster: one trial slot) | ray:ADDRESS (an existing cluster; one trial at a time per node advertising a 'trial_slot' resource)"),
+    workers: int = typer.Option(1, "--workers", help="trials at once; > 1 shares cores and distorts every timing (ray: the cluster's trial slots)"),
     rounds: int = typer.Option(3, "--rounds", help="timing rounds per trial"),
     round_time: float = typer.Option(0.3, "--round-time", help="seconds per round (at least 10 runs)"),
     trial_timeout: float = typer.Option(120.0, "--trial-timeout", help="seconds before a trial's child is killed (recorded as failed)"),
@@ -1019,6 +1020,88 @@ def _on_signal(signum, frame):
     for s in (signal.SIGTERM, getattr(signal, "SIGHUP", signal.SIGTERM)):  # a second signal must not cut the cleanup
         signal.signal(s, signal.SIG_IGN)
     raise KeyboardInterrupt
+
+
+@app.command("optimize-many")
+@_guard
+def optimize_many(
+    models: Path = typer.Argument(..., help="a directory of .onnx files (NAME.npz beside NAME.onnx is its --data) or a text file: one 'MODEL [DATA]' per line"),
+    recipe: str = typer.Option(..., "--recipe", "-r", help="built-in recipe name or a YAML file, for every model"),
+    output: Path = typer.Option(Path("optkit-out"), "--output", "-o", help="artifacts go to OUTPUT/<model-name>/<version>/"),
+    executor: str = typer.Option("local", "--executor", help="local (child processes on this machine) | ray (a local Ray cluster) | ray:ADDRESS (an existing one; paths must be reachable from its nodes)"),
+    threads: int = typer.Option(1, "--threads", help="intra-op threads per model (a Ray task requests that many CPUs)"),
+    jobs: int = typer.Option(1, "--jobs", help="local executor: models at once"),
+    data: Optional[Path] = typer.Option(None, "--data", help="feeds for models that have none of their own"),
+    tolerance: Optional[str] = typer.Option(None, "--tolerance", help="as for optimize"),
+    no_cache: bool = typer.Option(False, "--no-cache", help="recompute every pass"),
+    timeout: float = typer.Option(3600.0, "--timeout", help="seconds per model before its process is killed (a failed row)"),
+    fmt: Format = FormatOpt,
+):
+    """Optimize many models with one recipe, each in a process of its own (a crash is one failed row); a summary
+    table at the end and OUTPUT/fleet-<time>.json."""
+    from .fleet import optimize_many as run
+
+    fmt = _check_format(fmt)
+
+    def on_done(row, done, total):
+        if fmt == "json":
+            return
+        what = ((f"{row['speedup']:.2f}x vs input" if row.get("speedup") else "")
+                + (f" cosine {row['cosine']:.5f}" if row.get("cosine") is not None else "")).strip() \
+            if row["status"] == "ok" else escape(row.get("error", ""))
+        flag = {"ok": "[green]ok[/]", "missed": "[yellow]missed[/]", "failed": "[red]failed[/]"}[row["status"]]
+        err.print(f"  [{done}/{total}] {escape(row['name'])} {flag} {what} ({row['seconds']:.1f} s)", markup=True,
+                  highlight=False)
+
+    res = run(models, recipe, output=output, executor=executor, threads=threads, data=data, jobs=jobs,
+              tolerance=tolerance, no_cache=no_cache, timeout=timeout, on_done=on_done,
+              on_start=lambda i: err.print(f"[dim]Ray cluster: {i.get('cluster_cpus'):g} CPUs[/]", markup=True,
+                                           highlight=False) if fmt != "json" else None)
+    if fmt == "json":
+        _print_json(res)
+    else:
+        t = Table(title=f"optkit optimize-many · {res['recipe']} · {len(res['rows'])} models · {res['executor']}",
+                  title_justify="left")
+        for col in ("model", "status", "speedup", "cosine", "time", "cached", "artifact / error"):
+            t.add_column(col, overflow="fold")
+        for r in res["rows"]:
+            t.add_row(r["name"], r["status"], f"{r['speedup']:.2f}x" if r.get("speedup") else "-",
+                      f"{r['cosine']:.5f}" if r.get("cosine") is not None else "-", f"{r['seconds']:.1f} s",
+                      f"{r['cached_passes']}/{r['passes']}" if "passes" in r else "-",
+                      escape(str(r.get("artifact") or r.get("error") or "")))
+        out.print(t)
+        out.print(f"{res['ok']} ok, {res['missed']} missed the tolerance, {res['failed']} failed; wall {res['seconds']:.1f} s "
+                  f"(sum of units {res['unit_seconds']:.1f} s); summary: {res['summary_path']}", highlight=False)
+    if res["failed"] or res["missed"]:
+        raise typer.Exit(1)
+
+
+@app.command()
+@_guard
+def cache(
+    action: str = typer.Argument("info", help="info (where, entries, size) | clear (delete every entry) | prune (to the size cap)"),
+    fmt: Format = FormatOpt,
+):
+    """The pass cache: reused pass results keyed by model, pass, config, data and versions (OPTKIT_CACHE_DIR)."""
+    from .cache import PassCache
+    from .errors import InputError
+
+    fmt = _check_format(fmt)
+    c = PassCache()
+    if action == "clear":
+        res = {**c.info(), "removed": c.clear()}
+        res.update({"entries": 0, "bytes": 0})
+    elif action == "prune":
+        res = {"removed": c.prune(), **c.info()}
+    elif action == "info":
+        res = c.info()
+    else:
+        raise InputError(f"unknown cache action {action!r}", "use info, clear or prune")
+    if fmt == "json":
+        _print_json(res)
+        return
+    out.print(f"pass cache {res['path']}: {res['entries']} entries, {fmt_bytes(res['bytes'])} of {fmt_bytes(res['max_bytes'])}"
+              + (f"; removed {res['removed']}" if "removed" in res else ""), highlight=False)
 
 
 def main(argv: list[str] | None = None) -> None:

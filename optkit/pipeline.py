@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 import onnx
 
+from .cache import evaluate, probe_compare, run_pass
 from .errors import PassError
 from .log import step
 from .metrics import compare, top1, within
@@ -55,7 +56,7 @@ class Pipeline:
             from .evaluate import Evaluator
 
             self.ctx.evaluator = Evaluator(threads=self.ctx.threads)
-        ref_out = self.ctx.evaluator.run(model, feeds) if feeds else []
+        ref_out = evaluate(self.ctx.evaluator, model, feeds, self.ctx.cache) if feeds else []
         prev_out = ref_out
         log: list[dict] = []
         done: list[str] = []
@@ -68,7 +69,7 @@ class Pipeline:
             outcome = None
             try:
                 outcome = self._tuned(p, model, ref_out, feeds, labels)
-                result = outcome.result if outcome is not None else p.run(model, self.ctx)
+                result = outcome.result if outcome is not None else run_pass(p, model, self.ctx)
             except PassError as e:
                 raise PassError(f"pass {p.name!r} failed: {e.what}" + _after(done), e.hint) from e
             except Exception as e:
@@ -83,11 +84,15 @@ class Pipeline:
                                 "report the model; drop the pass to continue") from e
             entry.update({"modified": result.modified, "nodes_after": len(new.graph.node), "bytes_after": model_bytes(new),
                           "notes": result.notes, **({"metrics": result.metrics} if result.metrics else {})})
+            if getattr(result, "cached", False):
+                entry["cached"] = True  # answered by the pass cache (optkit.cache): not recomputed
             if outcome is not None:
                 entry["trials"] = outcome.trials
+                entry["validations"] = sum(1 for r in outcome.trials if "error" not in r and "ok" in r)
+                entry["trials_cached"] = sum(1 for r in outcome.trials if r.get("cached"))
             if feeds:
                 try:
-                    new_out = self.ctx.evaluator.run(new, feeds)
+                    new_out = evaluate(self.ctx.evaluator, new, feeds, self.ctx.cache)
                 except Exception as e:
                     raise PassError(f"pass {p.name!r} produced a model the deployed runtime cannot run: "
                                     f"{type(e).__name__}: {str(e).strip().splitlines()[0][:300] if str(e).strip() else ''}"
@@ -154,7 +159,7 @@ class Pipeline:
             return False
         speed = (outcome.trials and next((r.get("speed") for r in outcome.trials if r.get("chosen")), None)) \
             if outcome is not None else None
-        speed = speed or t.probe.compare(before, after)
+        speed = speed or probe_compare(t.probe, before, after, self.ctx.cache)
         entry["guard"] = {"speedup_vs_before": speed["median"], "interval": [speed["lo"], speed["hi"]],
                           "rounds": speed["rounds"], "verdict": speed["verdict"]}
         if speed["verdict"] != "slower":  # only a slowdown the intervals can show is reverted
@@ -168,7 +173,7 @@ class Pipeline:
         t = self.tuning
         if t is None or not t.guard or t.probe is None or not any(e.get("status") == "ok" and e.get("modified") for e in out.log):
             return
-        speed = t.probe.compare(original, out.model)
+        speed = probe_compare(t.probe, original, out.model, self.ctx.cache)
         slower = speed["verdict"] == "slower"
         out.final_guard = {"speedup_vs_input": speed["median"], "interval": [speed["lo"], speed["hi"]],
                            "rounds": speed["rounds"], "verdict": speed["verdict"], "kept": not slower}

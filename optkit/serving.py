@@ -337,14 +337,17 @@ class ReplayExecutor:
 
 
 def make_executor(executor, workers: int = 1):
-    """'local' (default) or an object with the Executor protocol."""
+    """'local' (default), 'ray' (a local Ray cluster), 'ray:ADDRESS' (an existing one; optkit.ray_executor), or an
+    object with the Executor protocol."""
     if executor is None or executor == "local":
         return LocalExecutor(workers)
     if isinstance(executor, str):
-        if executor == "ray":
-            raise InputError("--executor ray is designed but not implemented (docs/serving-scale-out.md)",
-                             "use --executor local; Ray's local mode, which a test here would need, is gone from Ray")
-        raise InputError(f"unknown --executor {executor!r}", "use local")
+        from .ray_executor import RayExecutor, parse_executor
+
+        kind, address = parse_executor(executor)
+        if kind == "local":
+            return LocalExecutor(workers)
+        return RayExecutor(address, workers)
     for attr in ("submit", "run_many"):
         if not callable(getattr(executor, attr, None)):
             raise InputError(f"executor {executor!r} has no {attr}()", "implement the optkit.serving.Executor protocol")

@@ -263,14 +263,16 @@ def quant_variants(p) -> list:
 def _trial(p_cls, cfg, model, ctx, ref_out, feeds, labels, tuning: Tuning, label: dict, before: onnx.ModelProto) -> tuple:
     from .errors import PassError
 
+    from .cache import evaluate, probe_compare, run_pass
+
     t0 = time.perf_counter()
     try:
-        res = p_cls(cfg).run(model, ctx)
+        res = run_pass(p_cls(cfg), model, ctx)
     except PassError as e:  # one failing configuration (e.g. an ORT calibrator bug) costs one trial, not the search
         tuning.trials_run += 1
         return None, None, {**label, "ok": False, "error": e.what, "seconds": round(time.perf_counter() - t0, 3)}
     try:
-        out = ctx.evaluator.run(res.model, feeds)
+        out = evaluate(ctx.evaluator, res.model, feeds, getattr(ctx, "cache", None))
     except Exception as e:  # a configuration the deployed runtime cannot run costs one trial
         tuning.trials_run += 1
         return None, None, {**label, "ok": False, "error": f"the evaluator cannot run it: {type(e).__name__}: "
@@ -280,9 +282,11 @@ def _trial(p_cls, cfg, model, ctx, ref_out, feeds, labels, tuning: Tuning, label
     rec = {**label, "metric": judged["metric"], "value": judged["value"], "threshold": judged["threshold"],
            "margin": judged["margin"], "ok": judged["ok"], "seconds": round(time.perf_counter() - t0, 3)}
     if judged["ok"] and tuning.probe is not None and tuning.search:
-        speed = tuning.probe.compare(before, res.model)
+        speed = probe_compare(tuning.probe, before, res.model, getattr(ctx, "cache", None))
         rec["speedup_vs_before"] = speed["median"]
         rec["speed"] = speed
+    if getattr(res, "cached", False):
+        rec["cached"] = True
     tuning.trials_run += 1
     return res, judged, rec
 
@@ -308,23 +312,20 @@ def tune_quantization(p, model, ctx, ref_out, feeds, labels, tuning: Tuning) -> 
             best_fail = (cfg, judged, res)
     if not passing and best_fail is not None:
         cfg, judged, res = best_fail
-        ranking = node_sensitivity(model, res.model, feeds, ctx.evaluator)
-        k = 1
-        while not tuning.exhausted() and k <= len(ranking):
-            excluded = [name for name, _ in ranking[:k]]
-            cfg_k = dataclasses.replace(cfg, exclude_nodes=list(cfg.exclude_nodes) + excluded)
-            res_k, judged_k, rec = _trial(p_cls, cfg_k, model, ctx, ref_out, feeds, labels, tuning,
-                                          {"config": _diff(cfg, p.config), "fallback_float": excluded}, model)
-            trials.append(rec)
-            if judged_k is None:
-                k = k + 1 if k < 4 else k * 2
-                continue
-            if judged_k["ok"]:
-                passing.append((rec.get("speedup_vs_before", 0.0), res_k, judged_k, rec))
-                break
-            if _better(judged_k, best_fail[1]):
-                best_fail = (cfg_k, judged_k, res_k)
-            k = k + 1 if k < 4 else k * 2
+        from .cache import _memo_key, feeds_digest, memo_json, model_digest
+        from .data import Samples
+
+        cache = getattr(ctx, "cache", None)
+        skey = _memo_key({"kind": "sensitivity", "fp32": model_digest(model), "quant": model_digest(res.model),
+                          "feeds": feeds_digest(Samples(list(feeds[:8]))), "evaluator": ctx.evaluator.to_dict()}) if cache else ""
+        ranking = [tuple(r) for r in memo_json(cache, "sensitivity", skey,
+                                               lambda: node_sensitivity(model, res.model, feeds, ctx.evaluator))]
+        found, misses = fallback_search(p_cls, p, cfg, ranking, model, ctx, ref_out, feeds, labels, tuning, trials)
+        if found is not None:
+            passing.append(found)
+        for c, j, r in misses:
+            if _better(j, best_fail[1]):
+                best_fail = (c, j, r)
     if not passing and p.name == "int8-static" and not tuning.exhausted():
         # last recovery: dynamic INT8 (weights only, activations quantized per run) often holds where static cannot
         from .passes import get_pass
@@ -355,6 +356,50 @@ def tune_quantization(p, model, ctx, ref_out, feeds, labels, tuning: Tuning) -> 
     res.notes.append(f"tolerance MISSED: {tuning.criterion.describe()}: best {judged['metric']} {judged['value']:.5g} "
                      f"(threshold {judged['threshold']:.5g}) after {len(trials)} trials")
     return Outcome(res, trials, judged, False)
+
+
+def fallback_search(p_cls, p, cfg, ranking, model, ctx, ref_out, feeds, labels, tuning: Tuning, trials: list):
+    """The fewest most-sensitive nodes to keep in float so that the criterion holds, in O(log n) validations: the
+    ranking (per-node error attribution, measured once) is assumed monotone enough that keeping the top k+1 in float
+    is at least as accurate as the top k. Gallop k = 1, 2, 4, ... until one passes, then bisect between the last
+    miss and that pass, so every k is reachable (not only 1, 2, 3, 4, 8, ...). Returns the passing
+    (speed, result, judged, record) with the smallest k found (or None), and the misses as (config, judged, result)."""
+    n = len(ranking)
+    misses: list[tuple] = []
+    results: dict[int, tuple] = {}
+
+    def attempt(k: int):
+        excluded = [name for name, _ in ranking[:k]]
+        cfg_k = dataclasses.replace(cfg, exclude_nodes=list(cfg.exclude_nodes) + excluded)
+        res_k, judged_k, rec = _trial(p_cls, cfg_k, model, ctx, ref_out, feeds, labels, tuning,
+                                      {"config": _diff(cfg, p.config), "fallback_float": excluded, "k": k}, model)
+        trials.append(rec)
+        ok = judged_k is not None and judged_k["ok"]
+        if judged_k is not None and not ok:
+            misses.append((cfg_k, judged_k, res_k))
+        results[k] = (ok, res_k, judged_k, rec)
+        return ok
+
+    lo, hi = 0, None  # largest k known to miss, smallest k known to pass
+    k = 1
+    while k <= n and not tuning.exhausted():
+        if attempt(k):
+            hi = k
+            break
+        lo = k
+        k = n if k * 2 > n and k < n else k * 2
+    while hi is not None and hi - lo > 1 and not tuning.exhausted():
+        mid = (lo + hi) // 2
+        if attempt(mid):
+            hi = mid
+        else:
+            lo = mid
+    if hi is None:
+        return None, misses
+    ok, res_k, judged_k, rec = results[hi]
+    rec["search"] = (f"k = float-kept nodes of {n} ranked: gallop then bisect, {len(results)} validations; smallest "
+                     f"passing k = {hi}" + (f" (k = {lo} missed)" if lo else ""))
+    return (rec.get("speedup_vs_before", 0.0), res_k, judged_k, rec), misses
 
 
 def pick(passing: list[tuple]) -> tuple:

@@ -19,6 +19,10 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+# The pass cache (optkit.cache) is off in the suite, in-process and in the CLI subprocesses: tests that monkeypatch a
+# pass or count its runs must see it run. tests/test_cache.py turns it on with a cache of its own.
+os.environ.setdefault("OPTKIT_NO_CACHE", "1")
+
 # ---------------------------------------------------------------------------------------------------------------
 # tiny models
 # ---------------------------------------------------------------------------------------------------------------

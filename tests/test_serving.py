@@ -268,7 +268,7 @@ def test_tune_on_an_artifact_writes_serving_json_into_it(tmp_path, tiny_cnn, cnn
 def test_bad_arguments_fail_before_any_work(tmp_path, tiny_cnn):
     model = tiny_cnn(tmp_path / "m.onnx")
     for kw in ({"objective": "speed"}, {"sampler": "anneal"}, {"slo": "p99>3ms"}, {"tolerance": "x"},
-               {"precisions": "fp8"}, {"executor": "ray"}, {"workers": 0}):
+               {"precisions": "fp8"}, {"executor": "dask"}, {"workers": 0}):
         with pytest.raises(InputError):
             sv.tune(model, output=tmp_path / "o", **kw)
     assert not (tmp_path / "o").exists()

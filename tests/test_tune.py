@@ -1,6 +1,8 @@
 """--tolerance search and the performance guard: behaviour on models built to need them."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import onnx
 import pytest
@@ -232,3 +234,61 @@ def test_layer_search_leaves_half_the_tolerance_to_later_lossy_passes(tmp_path):
     lr = man["pass_log"][0]
     assert any("half the tolerance" in n and "int8-dynamic" in n for n in lr["notes"])
     assert all(t["threshold"] == pytest.approx(0.99) for t in lr["trials"] if "threshold" in t)
+
+
+def test_fallback_search_gallops_then_bisects_to_any_k(monkeypatch):
+    """k float-kept nodes: 1, 2, 4, 8 (first pass) then bisect to the smallest passing k = 5 (never reachable with
+    the old 1, 2, 3, 4, 8 schedule); 6 validations for 10 ranked nodes."""
+    import optkit.tune as tune_mod
+
+    calls = []
+
+    def fake_trial(p_cls, cfg, model, ctx, ref_out, feeds, labels, tuning, label, before):
+        k = label["k"]
+        calls.append(k)
+        tuning.trials_run += 1
+        ok = k >= 5
+        judged = {"ok": ok, "margin": k - 5.0, "metric": "cosine", "value": 0.99, "threshold": 0.99}
+        return object(), judged, {**label, "ok": ok, "margin": k - 5.0}
+
+    monkeypatch.setattr(tune_mod, "_trial", fake_trial)
+
+    @dataclass(frozen=True)
+    class Cfg:
+        exclude_nodes: tuple = ()
+
+    class P:
+        config = Cfg()
+
+    ranking = [(f"n{i}", 1.0 / (i + 1)) for i in range(10)]
+    trials: list = []
+    found, misses = tune_mod.fallback_search(None, P(), Cfg(), ranking, None, None, None, [], None,
+                                             tune_mod.Tuning(max_trials=50), trials)
+    assert calls == [1, 2, 4, 8, 6, 5]
+    assert found[3]["k"] == 5 and found[3]["fallback_float"] == ["n0", "n1", "n2", "n3", "n4"]
+    assert "smallest passing k = 5" in found[3]["search"] and len(misses) == 3
+    # a budget of 3 stops the search early; the best pass so far (k = 4 misses, none passes) is None
+    calls.clear()
+    found, _ = tune_mod.fallback_search(None, P(), Cfg(), ranking, None, None, None, [], None,
+                                        tune_mod.Tuning(max_trials=3), [])
+    assert calls == [1, 2, 4] and found is None
+
+
+def test_static_configurations_share_one_calibration(tmp_path):
+    from conftest import cnn_data, tiny_cnn
+    from optkit.data import load_samples
+    from optkit.model import load_model
+    from optkit.cache import PassCache
+    from optkit.passes import Context, get_pass
+
+    m = load_model(tiny_cnn(tmp_path / "cnn.onnx"))
+    # a cache of its own: without one, ranges are shared for the process's lifetime (other tests calibrate this model)
+    ctx = Context(samples=load_samples(cnn_data(tmp_path / "c.npz", n=8), m), cache=PassCache(tmp_path / "cache"))
+    first = get_pass("int8-static")({"calibration": "percentile"}).run(m, ctx)
+    assert not any("reused" in n for n in first.notes)
+    for cfg in ({"calibration": "percentile", "per_channel": False}, {"calibration": "percentile", "format": "qoperator"},
+                {"calibration": "percentile", "op_types": ["Conv", "MatMul", "Gemm"]}):
+        res = get_pass("int8-static")(cfg).run(m, ctx)
+        assert any("calibration ranges reused" in n for n in res.notes), cfg
+    other = get_pass("int8-static")({"calibration": "minmax"}).run(m, ctx)  # another method: calibrated again
+    assert not any("reused" in n for n in other.notes)

@@ -154,6 +154,9 @@ class Context:
     # runs a model the way the artifact will be served (optkit.evaluate.Evaluator), injected by the pipeline: a pass
     # that needs outputs asks it instead of opening a backend itself
     evaluator: Any = None
+    # content-addressed pass cache (optkit.cache.PassCache) or None: the pipeline and the tolerance search run passes
+    # through optkit.cache.run_pass, which answers from it when the model, config, samples and versions match
+    cache: Any = None
 
 
 class Pass:
@@ -169,6 +172,8 @@ class Pass:
     # How --tolerance searches this pass: "quantization" (configurations + float fallback of sensitive nodes),
     # "layers" (per-layer compression; implement layer_candidates and give the config a `skip` list), or None.
     tuning_kind: ClassVar[str | None] = None
+    # whether the output depends on ctx.samples (then the feeds' bytes are part of the pass-cache key)
+    reads_samples: ClassVar[bool] = True
 
     def layer_candidates(self, model: onnx.ModelProto) -> list[str]:
         return []

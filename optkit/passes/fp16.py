@@ -23,6 +23,7 @@ class Fp16Config(PassConfig):
 @register_pass
 class Fp16(Pass):
     name = "fp16"
+    reads_samples = False
     doc = "Convert float32 weights and compute to float16, keeping IO types and an op blocklist in float32."
     Config = Fp16Config
     exact = False

@@ -40,6 +40,7 @@ class FuseConfig(PassConfig):
 @register_pass
 class Fuse(Pass):
     name = "fuse"
+    reads_samples = False
     doc = "Operator fusion: ORT transformer fusions (attention, LayerNorm, GELU, ...) and onnxslim Conv/Gemm patterns; exact."
     Config = FuseConfig
     exact = True

@@ -242,6 +242,7 @@ def _rows(model: onnx.ModelProto, layers: list[_Layer], shapes: dict) -> dict[st
 @register_pass
 class LowRank(Pass):
     name = "lowrank"
+    reads_samples = False
     doc = "Truncated-SVD factorization of MatMul/Gemm/1x1-Conv weights (rank by energy, FLOP budget or per layer); lossy."
     Config = LowRankConfig
     exact = False

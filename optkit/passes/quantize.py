@@ -10,6 +10,7 @@ import collections
 import contextlib
 import io
 import logging
+import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -131,6 +132,7 @@ def _dynamic_op_types(cfg: DynamicConfig) -> list[str]:
 @register_pass
 class Int8Dynamic(Pass):
     name = "int8-dynamic"
+    reads_samples = False
     doc = "Dynamic INT8 (weights INT8 offline, activations quantized at run time); no calibration data needed."
     Config = DynamicConfig
     exact = False
@@ -161,22 +163,6 @@ class Int8Dynamic(Pass):
                                                               "weight": wt, "reduce_range": rr, "why": why}})
 
 
-class _Reader:
-    """CalibrationDataReader over the context's sample feeds, advancing a progress bar."""
-
-    def __init__(self, feeds, progress):
-        self._it, self._progress = iter(feeds), progress
-
-    def get_next(self):
-        feed = next(self._it, None)
-        if feed is not None:
-            self._progress.advance()
-        return feed
-
-    def rewind(self):  # pragma: no cover - ORT only calls this for some calibrators
-        pass
-
-
 @dataclass(frozen=True)
 class StaticConfig(PassConfig):
     format: str = option("qdq", "QDQ (QuantizeLinear/DequantizeLinear pairs, what TensorRT and ORT both read) or QOperator",
@@ -204,6 +190,123 @@ class StaticConfig(PassConfig):
 
 
 _METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
+CALIB_CHUNK = 16  # feeds per collect_data call: what the calibrator holds in memory at once
+_SESSION_CALIB: list = []  # a per-process directory for calibration ranges when no pass cache is configured
+
+
+def _calib_dir(ctx: Context) -> Path:
+    cache = getattr(ctx, "cache", None)
+    if cache is not None and getattr(cache, "enabled", False):
+        return Path(cache.root) / "calibration"
+    if not _SESSION_CALIB:
+        import atexit
+        import shutil
+
+        d = tempfile.mkdtemp(prefix="optkit-calib-")
+        atexit.register(shutil.rmtree, d, True)
+        _SESSION_CALIB.append(Path(d))
+    return _SESSION_CALIB[0]
+
+
+def _calib_key(model: onnx.ModelProto, cfg: "StaticConfig", act: str, feeds_digest: str) -> str:
+    """What the activation ranges depend on: the model, the method (and percentile), the activation type, the feeds.
+    Not per_channel, format, reduce_range, weight type, symmetry, op_types or exclude_nodes: configurations that
+    differ only there reuse one calibration (every quantizable tensor is calibrated, a superset of what each uses)."""
+    import hashlib
+    import json
+
+    import onnxruntime
+
+    from ..cache import model_digest
+
+    parts = {"model": model_digest(model), "method": cfg.calibration, "act": act, "feeds": feeds_digest,
+             "percentile": cfg.percentile if cfg.calibration == "percentile" else None, "chunk": CALIB_CHUNK,
+             "ort": onnxruntime.__version__, "v": 2}
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+
+
+def calibrate(prepared: onnx.ModelProto, cfg: "StaticConfig", feeds, progress, path: Path) -> None:
+    """Activation ranges of every quantizable tensor into ``path`` (ORT's calibration-cache JSON), streaming the feeds
+    through ``create_calibrator(...).collect_data`` CALIB_CHUNK at a time: the histogram calibrators (entropy,
+    percentile) keep every intermediate output of one collect_data call until it ends, so one call over all feeds
+    held feeds x activations in memory; per chunk it holds CALIB_CHUNK x activations and merges the histograms."""
+    from onnxruntime.quantization import CalibrationMethod
+    from onnxruntime.quantization.calibrate import create_calibrator, save_tensors_data
+    from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
+
+    op_types = sorted(set(QLinearOpsRegistry) | set(QDQRegistry) | set(cfg.op_types))
+    extra = {"percentile": cfg.percentile} if cfg.calibration == "percentile" else {}
+    with tempfile.TemporaryDirectory(prefix="optkit-cal-") as d, _quiet_root_logger(), \
+            contextlib.redirect_stdout(io.StringIO()):
+        src = Path(d) / "model.onnx"
+        big = tensor_bytes(prepared) >= EXTERNAL_DATA_THRESHOLD
+        save_model(prepared, src)  # (copies before externalizing a big model's weights: `prepared` is used again)
+        calibrator = create_calibrator(src, op_types, augmented_model_path=str(Path(d) / "augmented.onnx"),
+                                       calibrate_method=getattr(CalibrationMethod, _METHODS[cfg.calibration]),
+                                       use_external_data_format=big, extra_options=extra)
+        if cfg.calibration != "minmax":
+            calibrator.infer_session = _ClippedSession(calibrator.infer_session)
+        chunk: list = []
+        seen = 0
+        for feed in feeds:
+            chunk.append(feed)
+            if len(chunk) == CALIB_CHUNK:
+                calibrator.collect_data(_ListReader(chunk, progress))
+                seen += len(chunk)
+                chunk = []
+        if chunk:
+            calibrator.collect_data(_ListReader(chunk, progress))
+            seen += len(chunk)
+        if not seen:
+            raise PassError("int8-static: no calibration feeds", "pass --data with representative inputs")
+        ranges = calibrator.compute_data()
+        del calibrator
+    save_tensors_data(ranges, path)  # ORT writes a temporary file and renames it: concurrent runs are safe
+
+
+class _ClippedSession:
+    """The calibrator's session with float outputs clipped to +-finfo(float32).max / 4. ORT's histogram collector
+    spans (-t, t) with t = max |x|: an additive attention mask of float32 min (-3.4e38, what torch exports) makes that
+    span overflow to inf and entropy calibration fail ('Too many bins for data range'). A range that wide is useless
+    for INT8 anyway; clipped, the other tensors calibrate normally."""
+
+    LIMIT = float(np.finfo(np.float32).max) / 4
+
+    def __init__(self, sess):
+        self._sess = sess
+
+    def __getattr__(self, name):
+        return getattr(self._sess, name)
+
+    def run(self, *args, **kwargs):
+        return [np.clip(o, -self.LIMIT, self.LIMIT) if isinstance(o, np.ndarray) and o.dtype.kind == "f" else o
+                for o in self._sess.run(*args, **kwargs)]
+
+
+class _ListReader:
+    def __init__(self, feeds, progress):
+        self._it, self._progress = iter(feeds), progress
+
+    def get_next(self):
+        feed = next(self._it, None)
+        if feed is not None:
+            self._progress.advance()
+        return feed
+
+
+def _usable_ranges(path: Path) -> bool:
+    """An earlier calibration's ranges at ``path`` that ORT can read; a corrupt file is removed (and recomputed)."""
+    if not path.is_file():
+        return False
+    from onnxruntime.quantization.calibrate import load_tensors_data
+
+    try:
+        load_tensors_data(path)
+        return True
+    except Exception:
+        with contextlib.suppress(OSError):
+            path.unlink()
+        return False
 
 
 @register_pass
@@ -226,26 +329,41 @@ class Int8Static(Pass):
         feeds = ctx.samples.feeds[: cfg.max_samples]
         notes.append(f"calibration: {cfg.calibration} on {len(feeds)} feed(s) from {ctx.samples.source}"
                      + (" - SYNTHETIC, not representative" if ctx.samples.synthetic else ""))
+        from ..cache import feeds_digest
+
+        key = _calib_key(model, cfg, act, feeds_digest(ctx.samples.head(cfg.max_samples)))
         prepared = prepare_for_quantization(model, notes)
         extra = {"ActivationSymmetric": cfg.symmetric_activations, "WeightSymmetric": cfg.symmetric_weights,
                  "DefaultTensorType": onnx.TensorProto.FLOAT}
-        if cfg.calibration == "percentile":
-            extra["CalibPercentile"] = cfg.percentile
-        ctx.progress.start(f"calibrating ({cfg.calibration})", total=len(feeds))
+        cal_path = _calib_dir(ctx) / f"{key}.json"
+        reused = _usable_ranges(cal_path)
+        private = Path(tempfile.mkdtemp(prefix="optkit-ranges-")) / "ranges.json"
         try:
+            if not reused:
+                ctx.progress.start(f"calibrating ({cfg.calibration})", total=len(feeds))
+                try:
+                    calibrate(prepared, cfg, feeds, ctx.progress, cal_path)
+                finally:
+                    ctx.progress.stop()
+            # a private copy: a concurrent run's LRU pruning may remove the shared file while ORT reads it
+            shutil.copyfile(cal_path, private)
             out = _run_quantizer(
-                quantize_static, prepared, calibration_data_reader=_Reader(feeds, ctx.progress),
+                quantize_static, prepared, calibration_data_reader=None, calibration_cache_path=str(private),
                 quant_format=QuantFormat.QDQ if cfg.format == "qdq" else QuantFormat.QOperator,
                 per_channel=cfg.per_channel, reduce_range=rr,
                 activation_type=getattr(QuantType, _QTYPES[act]), weight_type=getattr(QuantType, _QTYPES[wt]),
                 calibrate_method=getattr(CalibrationMethod, _METHODS[cfg.calibration]),
                 op_types_to_quantize=list(cfg.op_types) or None, nodes_to_exclude=list(cfg.exclude_nodes) or None,
                 extra_options=extra)
+        except PassError:
+            raise
         except Exception as e:
             raise PassError(f"int8-static: onnxruntime.quantization failed: {type(e).__name__}: {str(e).splitlines()[0][:300]}",
                             "try calibration: minmax, exclude the failing node, or report the model") from e
         finally:
-            ctx.progress.stop()
+            shutil.rmtree(private.parent, ignore_errors=True)
+        if reused:
+            notes.append("calibration ranges reused (same model, method and feeds as an earlier configuration)")
         notes.append(quantized_summary(model, out))
         return PassResult(out, notes=notes, metrics={"int8": {"pass": self.name, "activation": act, "weight": wt,
                                                               "reduce_range": rr, "why": why}})

@@ -31,6 +31,7 @@ class SimplifyConfig(PassConfig):
 @register_pass
 class Simplify(Pass):
     name = "simplify"
+    reads_samples = False
     doc = "Constant folding and redundant-node elimination (onnxsim, onnxslim fallback); exact."
     Config = SimplifyConfig
     exact = True
@@ -95,6 +96,7 @@ class FixShapesConfig(PassConfig):
 @register_pass
 class FixShapes(Pass):
     name = "fix-shapes"
+    reads_samples = False
     doc = "Make symbolic input dims static (from the option or --shape) so later passes can fold shapes."
     Config = FixShapesConfig
     exact = True
