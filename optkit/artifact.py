@@ -12,7 +12,6 @@ report, tune, ``optkit verify``) checks them before anything is loaded: a change
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import re
@@ -26,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from .errors import InputError, IntegrityError
+from .model import sha256_of
 
 MANIFEST = "manifest.json"
 MANIFEST_SCHEMA = 2  # 2: "files" holds the sha256 of every file of the artifact
@@ -289,14 +289,6 @@ def _jsonable(o):
 
 
 # -- sealing ---------------------------------------------------------------------------------------------------
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _derived(rel: str) -> bool:
     top = rel.split("/", 1)[0]
     return top in DERIVED or top == MANIFEST or top.endswith(".tmp")
@@ -309,7 +301,7 @@ def file_table(root: Path) -> dict[str, dict]:
         rel = p.relative_to(root).as_posix()
         if p.is_dir() or _derived(rel):
             continue
-        table[rel] = {"sha256": _sha256(p), "bytes": p.stat().st_size}
+        table[rel] = {"sha256": sha256_of(p), "bytes": p.stat().st_size}
     return table
 
 
@@ -397,7 +389,7 @@ def verify(artifact: Path, man: dict | None = None) -> dict:
             rows.append({"path": rel, "expected": rec["sha256"], "sha256": None,
                          "status": "missing" if not p.is_file() else "outside the artifact (a symbolic link)"})
             continue
-        got = _sha256(p)
+        got = sha256_of(p)
         rows.append({"path": rel, "expected": rec["sha256"], "sha256": got, "bytes": p.stat().st_size,
                      "status": "ok" if got == rec["sha256"] else "changed"})
     if man.get("files") is not None:  # a backend loads whatever its compiled directory holds: nothing extra there

@@ -172,18 +172,7 @@ class PassCache:
                            "created": time.time()}, default=str).encode()
         path = self._path(key)
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".bin", dir=path.parent)
-            try:
-                with os.fdopen(fd, "wb") as fh:
-                    fh.write(_MAGIC + struct.pack("<Q", len(head)) + head + body)
-                os.replace(tmp, path)
-            except BaseException:
-                try:
-                    os.unlink(tmp)
-                except OSError:
-                    pass
-                raise
+            _write_atomic(path, lambda tmp: Path(tmp).write_bytes(_MAGIC + struct.pack("<Q", len(head)) + head + body))
         except OSError:  # a read-only or full cache never fails a run
             return False
         self.prune()

@@ -127,12 +127,23 @@ def model_files(path: str | os.PathLike) -> list[Path]:
     return files
 
 
+def _update(h, path) -> None:
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+
+
+def sha256_of(path: str | os.PathLike) -> str:
+    """sha256 of one file's bytes (sha256_file also covers a model's external data)."""
+    h = hashlib.sha256()
+    _update(h, path)
+    return h.hexdigest()
+
+
 def sha256_file(path: str | os.PathLike) -> str:
     h = hashlib.sha256()
     for f in model_files(path):
-        with open(f, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
+        _update(h, f)
     return h.hexdigest()
 
 

@@ -52,7 +52,7 @@ import onnx
 from onnx import TensorProto, numpy_helper
 
 from ..errors import BackendUnavailable, InputError, OptkitError, RecipeError
-from ..model import TensorSpec, load_model, opsets, save_model, signature
+from ..model import TensorSpec, load_model, opsets, save_model, sha256_of, signature
 from ..passes import PassConfig, option
 from . import Backend
 
@@ -1050,14 +1050,6 @@ class TrtSession:
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def _sha(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 class TrtBackend(Backend):
     name = "trt"
     doc = "NVIDIA TensorRT engine (strongly typed network, explicit QDQ INT8 / FP16)"
@@ -1179,7 +1171,7 @@ class TrtBackend(Backend):
             profiles = derive_profiles(inputs, None, options.profiles, options.max_batch_multiple)
         cache_dir = default_cache_dir(options.cache_dir)
         key = hashlib.sha256(json.dumps(
-            {"onnx": _sha(src), "changes": changes, "profiles": {n: p.to_dict() for n, p in profiles.items()},
+            {"onnx": sha256_of(src), "changes": changes, "profiles": {n: p.to_dict() for n, p in profiles.items()},
              "trt": st["tensorrt"], "gpu": st["gpu"], "ws": options.workspace_mb, "lvl": options.builder_optimization_level,
              "tf32": options.tf32}, sort_keys=True).encode()).hexdigest()[:24]
         engine = cache_dir / "engines" / f"{key}.plan"
