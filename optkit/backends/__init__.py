@@ -12,7 +12,7 @@ from typing import ClassVar, Protocol
 import numpy as np
 
 from ..errors import BackendUnavailable, RecipeError
-from ..passes import PassConfig
+from ..config import PassConfig
 
 
 class Session(Protocol):

@@ -11,7 +11,7 @@ import onnx
 
 from ..errors import InputError
 from ..model import EXTERNAL_DATA_THRESHOLD, TensorSpec, save_model, tensor_bytes
-from ..passes import PassConfig, option
+from ..config import PassConfig, option
 from . import Backend
 
 _LEVELS = ("disable", "basic", "extended", "all")

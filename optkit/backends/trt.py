@@ -53,7 +53,7 @@ from onnx import TensorProto, numpy_helper
 
 from ..errors import BackendUnavailable, InputError, OptkitError, RecipeError
 from ..model import TensorSpec, load_model, opsets, save_model, sha256_of, signature
-from ..passes import PassConfig, option
+from ..config import PassConfig, option
 from . import Backend
 
 ENGINE_FILE = "engine.plan"

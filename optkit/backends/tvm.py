@@ -59,7 +59,7 @@ import numpy as np
 
 from ..errors import BackendUnavailable, InputError, PassError
 from ..model import TensorSpec, load_model, save_model, sha256_file, signature
-from ..passes import PassConfig, option
+from ..config import PassConfig, option
 from . import Backend
 
 LIB_FILE = "model.so"
