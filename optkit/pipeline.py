@@ -70,8 +70,8 @@ class Pipeline:
             try:
                 outcome = self._tuned(p, model, ref_out, feeds, labels)
                 result = outcome.result if outcome is not None else run_pass(p, model, self.ctx)
-            except PassError as e:
-                raise PassError(f"pass {p.name!r} failed: {e.what}" + _after(done), e.hint) from e
+            except PassError as e:  # the same class (an Unsupported refusal keeps its exit code 2)
+                raise type(e)(f"pass {p.name!r} failed: {e.what}" + _after(done), e.hint) from e
             except Exception as e:
                 raise PassError(f"pass {p.name!r} failed: {type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
                                 + _after(done), "rerun with --debug for the traceback, or drop the pass") from e

@@ -261,13 +261,15 @@ def quant_variants(p) -> list:
 
 @trial_logged
 def _trial(p_cls, cfg, model, ctx, ref_out, feeds, labels, tuning: Tuning, label: dict, before: onnx.ModelProto) -> tuple:
-    from .errors import PassError
+    from .errors import PassError, Unsupported
 
     from .cache import evaluate, probe_compare, run_pass
 
     t0 = time.perf_counter()
     try:
         res = run_pass(p_cls(cfg), model, ctx)
+    except Unsupported:  # the model, not this configuration: no other configuration can do better
+        raise
     except PassError as e:  # one failing configuration (e.g. an ORT calibrator bug) costs one trial, not the search
         tuning.trials_run += 1
         return None, None, {**label, "ok": False, "error": e.what, "seconds": round(time.perf_counter() - t0, 3)}

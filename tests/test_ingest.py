@@ -13,7 +13,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from optkit.api import inspect, optimize
 from optkit.data import get_samples, load_samples, resolve_shapes, synthetic_samples
-from optkit.errors import InputError, PassError
+from optkit.errors import InputError, PassError, Unsupported
 from optkit.ingest import normalize
 from optkit.model import flops, signature
 
@@ -420,9 +420,10 @@ def test_fp16_compute_through_recipes(tmp_path):
     path = tmp_path / "half.onnx"
     onnx.save_model(m, str(path))
     for recipe in CPU_RECIPES:
-        if "int8" in recipe:
-            with pytest.raises(PassError, match=r"INT8 quantization needs float32 weights.*MatMul 'mm'"):
-                optimize(path, recipe, output=tmp_path / "o", max_trials=2, allow_miss=True)
+        if "int8" in recipe:  # refused at once (no other configuration tried), exit 2: the input must change
+            with pytest.raises(Unsupported, match=r"INT8 quantization needs float32 weights.*MatMul 'mm'") as e:
+                optimize(path, recipe, output=tmp_path / "o", allow_miss=True)
+            assert e.value.exit_code == 2 and isinstance(e.value, PassError)
             continue
         man = optimize(path, recipe, output=tmp_path / "o", max_trials=2, allow_miss=True)
         assert any("float16 weights used directly" in n for n in man["ingest"]["notes"])

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from ..errors import PassError
+from ..errors import PassError, Unsupported
 from ..hw import int8_choice
 from ..model import EXTERNAL_DATA_THRESHOLD, float16_compute, opsets, save_model, tensor_bytes, toposort
 from . import Context, Pass, PassConfig, PassResult, option, register_pass
@@ -33,7 +33,7 @@ def prepare_for_quantization(model: onnx.ModelProto, notes: list[str]) -> onnx.M
 
     fp16 = float16_compute(model)
     if fp16:  # onnxruntime.quantization calibrates and quantizes float32 tensors only
-        raise PassError(f"INT8 quantization needs float32 weights, but {len(fp16)} node(s) compute on float16 weights "
+        raise Unsupported(f"INT8 quantization needs float32 weights, but {len(fp16)} node(s) compute on float16 weights "
                         f"directly (e.g. {fp16[0]})", "use the fp16-ort or fp32-ort recipe, or export the model in float32")
     flow = [f"{n.op_type} {n.name or n.output[0]!r}" for n in model.graph.node if n.op_type in ("If", "Loop", "Scan")]
     if flow:
