@@ -439,16 +439,7 @@ def tune_layers(p, layers: list[str], model, ctx, ref_out, feeds, labels, tuning
         rec["chosen"] = True
         res.notes.append(f"tolerance: {tuning.criterion.describe()}: {judged['metric']} {judged['value']:.5g} with every layer compressed")
         return Outcome(res, trials, judged, judged["ok"], rec.get("speedup_vs_before"))
-    sens = []
-    for name in layers:
-        if tuning.exhausted():
-            break
-        cfg = dataclasses.replace(base, skip=list(base.skip) + [n for n in layers if n != name])
-        r, j, rec = _trial(p_cls, cfg, model, ctx, ref_out, feeds, labels, tuning, {"layers": [name], "probe": "sensitivity"}, model)
-        trials.append(rec)
-        if j is not None:
-            sens.append((name, j["margin"]))
-    order = [n for n, _ in sorted(sens, key=lambda kv: -kv[1])]  # most tolerant first
+    order = _layer_order(p, res, layers, model, ctx, ref_out, feeds, labels, tuning, trials)
     lo, hi, best = 0, len(order), None
     while lo < hi and not tuning.exhausted():
         mid = (lo + hi + 1) // 2
@@ -473,3 +464,23 @@ def tune_layers(p, layers: list[str], model, ctx, ref_out, feeds, labels, tuning
     r.notes.append(f"tolerance: {tuning.criterion.describe()}: compressed {len(rec['layers'])} of {len(layers)} layers "
                    f"(most tolerant first), {j['metric']} {j['value']:.5g} (threshold {j['threshold']:.5g})")
     return Outcome(r, trials, j, True, rec.get("speedup_vs_before"))
+
+
+def _layer_order(p, res_all, layers: list[str], model, ctx, ref_out, feeds, labels, tuning: Tuning, trials: list) -> list[str]:
+    """Layers, most tolerant first. Ranked once without validations when the pass can say what each layer lost in the
+    all-layers build (``Pass.layer_errors``: e.g. the SVD truncation error of each factorized weight); otherwise each
+    layer is compressed alone and judged (one validation per layer)."""
+    errors = p.layer_errors(res_all) or {}
+    if layers and all(n in errors for n in layers):
+        trials[-1]["ranking"] = f"{len(layers)} layers ranked by {p.name}'s per-layer error in this build (no validations)"
+        return sorted(layers, key=lambda n: (errors[n], layers.index(n)))
+    p_cls, base, sens = type(p), p.config, []
+    for name in layers:
+        if tuning.exhausted():
+            break
+        cfg = dataclasses.replace(base, skip=list(base.skip) + [n for n in layers if n != name])
+        r, j, rec = _trial(p_cls, cfg, model, ctx, ref_out, feeds, labels, tuning, {"layers": [name], "probe": "sensitivity"}, model)
+        trials.append(rec)
+        if j is not None:
+            sens.append((name, j["margin"]))
+    return [n for n, _ in sorted(sens, key=lambda kv: -kv[1])]

@@ -70,6 +70,12 @@ class Pass:
     def layer_candidates(self, model: onnx.ModelProto) -> list[str]:
         return []
 
+    def layer_errors(self, result: "PassResult") -> dict[str, float] | None:
+        """For "layers" passes: per layer, the error this result's compression put into it (lower = more tolerant),
+        read from the result without running the model; the search then ranks layers once instead of validating
+        each alone. None: not known."""
+        return None
+
     def __init__(self, config: PassConfig | dict | None = None):
         if config is None or isinstance(config, dict):
             config = self.Config.from_dict(config, where=f"pass {self.name!r}: ")

@@ -253,6 +253,11 @@ class LowRank(Pass):
         return [d["name"] for d in factorizable_layers(model, min_size=self.config.min_size, skip=self.config.skip,
                                                        singular_values=False)]
 
+    def layer_errors(self, result: PassResult) -> dict[str, float] | None:
+        """The relative Frobenius error of each factorized weight, ||W - AB|| / ||W|| (0 for a layer kept whole)."""
+        layers = (result.metrics or {}).get("layers")
+        return {name: float(m.get("rel_error", 0.0)) for name, m in layers.items()} if layers else None
+
     def run(self, model: onnx.ModelProto, ctx: Context) -> PassResult:
         cfg: LowRankConfig = self.config
         notes: list[str] = []
