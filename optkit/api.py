@@ -233,7 +233,7 @@ def optimize(model, recipe: str | Path | Recipe, *, data: str | Path | None = No
         result = Pipeline(passes, ctx, tuning=tuning, eval_samples=evals, max_check_feeds=eval_feeds).run(m, on_pass=on_pass)
         candidates = None
         if rec.candidates:
-            from .candidates import pick_candidate
+            from .search.candidates import pick_candidate
 
             result, candidates = pick_candidate(result, rec.build_candidates(), ctx, tuning, m, on_pass, evals,
                                                 eval_feeds)
@@ -367,7 +367,7 @@ def _tuning(model, rec: Recipe, passes, samples, threads: int, tolerance, metric
     """The gate and the search. Every lossy recipe runs behind a gate: 1% on the auto metric unless --tolerance says
     otherwise (one-shot recipes keep their own configuration when it passes and search only to recover a miss)."""
     from .evaluate import SpeedProbe
-    from .tune import Tuning, make_criterion, parse_budget
+    from .search import Tuning, make_criterion, parse_budget
 
     lossy = [p.name for p in passes if not p.exact] + [q.name for _, cps in rec.build_candidates() for q in cps
                                                        if not q.exact] if rec.candidates else \

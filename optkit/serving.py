@@ -763,7 +763,7 @@ def tune(model_or_artifact, *, backends="ort", precisions="fp32,int8", threads=N
     from .data import get_samples
     from .measure import precision_of
     from .model import load_model, sha256_file, signature
-    from .tune import make_criterion, parse_tolerance
+    from .search import make_criterion, parse_tolerance
 
     warn = warn or (lambda msg: None)
     status = on_status or (lambda msg: None)

@@ -10,10 +10,10 @@ import numpy as np
 import onnx
 import pytest
 
-from optkit import candidates as cmod
+from optkit.search import candidates as cmod
 from optkit.passes import Context
 from optkit.pipeline import PipelineResult
-from optkit.tune import Criterion, Tuning
+from optkit.search import Criterion, Tuning
 
 REF = [{"y": np.array([[1.0, 2.0, 3.0, 4.0]], np.float32)}]
 NEAR = [{"y": np.array([[1.0, 2.0, 3.0, 4.01]], np.float32)}]

@@ -212,15 +212,14 @@ def built(tmp_path_factory):
 @pytest.fixture(autouse=True)
 def _no_timing(monkeypatch):
     """The performance guard times models (~0.5 s a probe): not what these tests are about."""
-    import importlib
+    from optkit.evaluate import SpeedProbe
 
-    tune = importlib.import_module("optkit.tune")  # optkit.tune the attribute is the tune() function
     def compare(self, base, cand):  # quantized looks faster, so auto-ort picks (and the test checks) an INT8 candidate
         q = sum(n.op_type in ("QuantizeLinear", "DynamicQuantizeLinear") for n in cand.graph.node)
         r = 1.0 + 0.1 * min(q, 1)
         return {"median": r, "lo": r, "hi": r, "rounds": 6, "verdict": "faster" if r > 1 else "tie", "evaluator": "stub"}
 
-    monkeypatch.setattr(tune.SpeedProbe, "compare", compare)
+    monkeypatch.setattr(SpeedProbe, "compare", compare)
 
 
 def _run(path: Path, feeds: list[dict]) -> list[dict]:
