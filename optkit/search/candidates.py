@@ -8,8 +8,9 @@ Validations are spent like a budget (branch and bound on speed):
 2. **Recover, only where it can pay.** A candidate whose aggressive form missed the tolerance is searched (float
    fallback of sensitive nodes, other calibrations, fewer pruned layers, ...) only when that form is measurably
    faster (95% intervals separate) than the best candidate that already passed: recovery only makes a candidate
-   slower, so one that cannot beat the best as it is never will. Candidates are recovered fastest first, and the
-   bound tightens as each one passes.
+   slower, so one that cannot beat the best as it is never will. Candidates are recovered simplest first (fewest
+   lossy passes: what a one-shot recipe gives is secured before a compound candidate spends the budget), then
+   fastest first, and the bound tightens as each one passes.
 3. **Choose** the fastest passing candidate, where speeds are told apart by their 95% intervals; candidates that tie
    with the fastest go to the more accurate, then the simpler (earlier in the recipe).
 
@@ -146,10 +147,14 @@ def _screen(prefix, candidates, ctx, tuning, original, evals, eval_feeds):
 
 
 def _recover(prefix, candidates, ctx, tuning, original, evals, eval_feeds, rows, runs) -> None:
-    """Search the candidates that missed, fastest first, while their aggressive form beats the best passing one."""
+    """Search the candidates that missed, simplest then fastest first, while their aggressive form beats the best
+    passing one."""
     if tuning.criterion is None:
         return
-    missed = sorted((r for r in runs.values() if not r[3]["passed"]), key=lambda r: -_median(r[3]))
+    # simplest first (fewest lossy passes: what a one-shot recipe would give is secured before a compound candidate
+    # spends the budget), then fastest as screened
+    lossy = {order: sum(not p.exact for p in candidates[order][1]) for order in runs}
+    missed = sorted((r for r in runs.values() if not r[3]["passed"]), key=lambda r: (lossy[r[0]], -_median(r[3])))
     for order, cname, _, row in missed:
         best = max((r for r in runs.values() if r[3]["passed"]), key=lambda r: _median(r[3]), default=None)
         if best is not None and not _beats(row, best[3]):
