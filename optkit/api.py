@@ -13,6 +13,7 @@ from .backends import get_backend
 from .data import get_samples, resolve_shapes
 from .env import environment
 from .errors import InputError, PassError, ToleranceMiss
+from .manifest import DataInfo, EvalData, GuardInfo, Manifest, ToleranceInfo
 from .hw import cpu_features
 from .metrics import top1
 from .model import load_model, model_files, model_info, save_model, sha256_file, signature
@@ -254,43 +255,43 @@ def optimize(model, recipe: str | Path | Recipe, *, data: str | Path | None = No
             all_compiled[extra] = _compile_extra(extra, rec, out_model, staged.stage / f"compiled-{extra}", threads,
                                                  static_shapes, warn)
         accuracy = _accuracy(result, evals)
-        manifest = {
-            "schema": MANIFEST_SCHEMA,
-            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "input": {**input_desc, "info": model_info(m_in, static_shapes)},
-            "ingest": ingest_entry,
-            "import": import_info,
-            "output": {"path": "model.onnx", "sha256": sha256_file(out_model), "info": model_info(result.model, static_shapes)},
-            "recipe": rec.to_dict(),
-            "recipe_source": rec.source,
-            "shapes": {k: list(v) for k, v in static_shapes.items()},
-            "user_shapes": {k: list(v) for k, v in (shapes or {}).items()},
-            "data": {"source": samples.source, "synthetic": samples.synthetic, "feeds": len(samples),
-                     "labels": samples.labels is not None, "path": str(Path(data).resolve()) if data else None,
-                     "eval": {"source": evals.source, "feeds": min(len(evals), eval_feeds), "labels": evals.labels is not None,
-                              "path": str(Path(eval_data).resolve()) if eval_data else None}},
-            "pass_log": result.log,
-            "accuracy": accuracy,
-            "backend": compiled,
-            "backends": all_compiled,
-            "threads": threads,
-            "optimize_seconds": round(time.perf_counter() - started, 3),
-            "tolerance": ({"criterion": tuning.criterion.describe(), "metric": tuning.criterion.metric,
-                           "default_gate": tuning.default_gate,
-                           "passed": not result.missed, "missed_by": result.missed,
-                           "judged_on": evals.source + (" (calibration data)" if evals is samples else ""),
-                           "trials": tuning.trials_run + sum(c.get("trials", 0) for c in candidates or [])}
-                          if tuning.criterion else None),
-            "guard": {"enabled": tuning.guard and tuning.probe is not None, "final": result.final_guard},
-            "evaluator": evaluator.to_dict(),
-            "served_check": served,
-            "int8": _int8_record(result.log, serve_isa),
-            "candidates": candidates,
-            "warnings": list(samples.warnings),
-            "cache": ({"root": str(pass_cache.root), **pass_cache.stats()} if pass_cache is not None else None),
-            "environment": environment(),
-            "reproduce": _reproduce(model, recipe, rec, data, eval_data, tolerance, metric, targets, threads, output),
-        }
+        manifest = Manifest(
+            schema=MANIFEST_SCHEMA,
+            created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            input={**input_desc, "info": model_info(m_in, static_shapes)},
+            ingest=ingest_entry,
+            import_=import_info,
+            output={"path": "model.onnx", "sha256": sha256_file(out_model), "info": model_info(result.model, static_shapes)},
+            recipe=rec.to_dict(),
+            recipe_source=rec.source,
+            shapes={k: list(v) for k, v in static_shapes.items()},
+            user_shapes={k: list(v) for k, v in (shapes or {}).items()},
+            data=DataInfo(source=samples.source, synthetic=samples.synthetic, feeds=len(samples),
+                          labels=samples.labels is not None, path=str(Path(data).resolve()) if data else None,
+                          eval=EvalData(source=evals.source, feeds=min(len(evals), eval_feeds),
+                                        labels=evals.labels is not None,
+                                        path=str(Path(eval_data).resolve()) if eval_data else None)),
+            pass_log=result.log,
+            accuracy=accuracy,
+            backend=compiled,
+            backends=all_compiled,
+            threads=threads,
+            optimize_seconds=round(time.perf_counter() - started, 3),
+            tolerance=ToleranceInfo(
+                criterion=tuning.criterion.describe(), metric=tuning.criterion.metric, default_gate=tuning.default_gate,
+                passed=not result.missed, missed_by=result.missed,
+                judged_on=evals.source + (" (calibration data)" if evals is samples else ""),
+                trials=tuning.trials_run + sum(c.get("trials", 0) for c in candidates or [])) if tuning.criterion else None,
+            guard=GuardInfo(enabled=tuning.guard and tuning.probe is not None, final=result.final_guard),
+            evaluator=evaluator.to_dict(),
+            served_check=served,
+            int8=_int8_record(result.log, serve_isa),
+            candidates=candidates,
+            warnings=list(samples.warnings),
+            cache=({"root": str(pass_cache.root), **pass_cache.stats()} if pass_cache is not None else None),
+            environment=environment(),
+            reproduce=_reproduce(model, recipe, rec, data, eval_data, tolerance, metric, targets, threads, output),
+        ).to_dict()
         seal(staged.stage, manifest)  # the sha256 of every file written above, checked whenever it is used
     manifest["artifact"] = str(staged.path)
     try:
