@@ -12,6 +12,7 @@ import onnx  # noqa: E402
 from torch import nn  # noqa: E402
 
 from optkit.data import Samples  # noqa: E402
+from optkit.evaluate import Evaluator  # noqa: E402
 from optkit.model import flops as onnx_flops  # noqa: E402
 from optkit.passes import Context  # noqa: E402
 from optkit.passes.lowrank import LowRank  # noqa: E402
@@ -283,7 +284,7 @@ def test_prune_activation_importance_consistent_with_onnx_pass():
     _, rep_l1 = prune(m, 0.5, example_inputs=(X,))
     assert rep["layers"]["0"]["kept"] != rep_l1["layers"]["0"]["kept"]
     samples = Samples([{"x": c[0].numpy()} for c in calib], source="test")
-    res = Prune({"ratio": 0.5, "importance": "activation", "compensate": False}).run(export(m), Context(samples=samples))
+    res = Prune({"ratio": 0.5, "importance": "activation", "compensate": False}).run(export(m), Context(samples=samples, evaluator=Evaluator()))
     assert float(np.abs(run(pm) - ort(res.model)).max()) < 1e-4
 
 

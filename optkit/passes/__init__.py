@@ -11,7 +11,7 @@ from typing import Any, Callable, ClassVar
 import onnx
 
 from ..config import PassConfig, option  # noqa: F401  (re-exported: the pass API)
-from ..errors import RecipeError
+from ..errors import PassError, RecipeError
 
 
 @dataclass
@@ -49,6 +49,14 @@ class Context:
     # content-addressed pass cache (optkit.cache.PassCache) or None: the pipeline and the tolerance search run passes
     # through optkit.cache.run_pass, which answers from it when the model, config, samples and versions match
     cache: Any = None
+
+    def evaluate(self, model: onnx.ModelProto, feeds: list[dict]) -> list[dict]:
+        """Outputs of ``model`` on ``feeds`` as the deployed backend computes them: the one evaluation seam a pass
+        uses (it never opens a backend itself)."""
+        if self.evaluator is None:
+            raise PassError("this pass runs the model on samples and needs the deployed evaluator (ctx.evaluator)",
+                            "run it through optkit.optimize or a Pipeline, or give Context(evaluator=Evaluator())")
+        return self.evaluator.run(model, feeds)
 
 
 class Pass:

@@ -691,10 +691,9 @@ def _unique(name: str, taken: set) -> str:
     return cand
 
 
-def _channel_stats(gr: _Graph, tensors: dict[str, _Chan], samples, max_samples: int, threads: int) -> dict:
-    """(mean, variance) of every channel/feature of ``tensors`` over the sample feeds (other axes pooled)."""
-    from ..backends.ort import OrtSession
-
+def _channel_stats(gr: _Graph, tensors: dict[str, _Chan], samples, max_samples: int, ctx: Context) -> dict:
+    """(mean, variance) of every channel/feature of ``tensors`` over the sample feeds (other axes pooled), the
+    outputs computed by the deployed evaluator (``ctx.evaluate``): a pass opens no backend itself."""
     m = onnx.ModelProto()
     m.CopyFrom(gr.model)
     have = {o.name for o in m.graph.output}
@@ -704,17 +703,14 @@ def _channel_stats(gr: _Graph, tensors: dict[str, _Chan], samples, max_samples: 
     del m.graph.value_info[:]
     s1: dict[str, np.ndarray] = {}
     s2: dict[str, np.ndarray] = {}
-    n = 0
-    with OrtSession(m, threads=threads, level="basic") as sess:
-        for feed in samples.feeds[:max_samples]:
-            out = sess.run(feed)
-            for name, c in tensors.items():
-                x = np.moveaxis(np.asarray(out[name], dtype=np.float64), c.axis, -1)
-                x = x.reshape(-1, x.shape[-1])
-                s1[name] = s1.get(name, 0) + x.mean(axis=0)
-                s2[name] = s2.get(name, 0) + (x * x).mean(axis=0)
-            n += 1
-    n = max(n, 1)
+    outs = ctx.evaluate(m, list(samples.feeds[:max_samples]))
+    for out in outs:
+        for name, c in tensors.items():
+            x = np.moveaxis(np.asarray(out[name], dtype=np.float64), c.axis, -1)
+            x = x.reshape(-1, x.shape[-1])
+            s1[name] = s1.get(name, 0) + x.mean(axis=0)
+            s2[name] = s2.get(name, 0) + (x * x).mean(axis=0)
+    n = max(len(outs), 1)
     return {k: (s1[k] / n, np.maximum(s2[k] / n - (s1[k] / n) ** 2, 0.0)) for k in s1}
 
 
@@ -957,8 +953,10 @@ class Prune(Pass):
         tensors = {t: c for layer in active for _i, t, c in layer.plan.terminals}
         if want_stats and tensors:
             try:
-                stats = _channel_stats(gr, tensors, samples, cfg.max_samples, ctx.threads)
+                stats = _channel_stats(gr, tensors, samples, cfg.max_samples, ctx)
             except Exception as e:  # e.g. samples that do not fit the model: prune without statistics
+                if cfg.importance == "activation" and isinstance(e, PassError):
+                    raise
                 if cfg.importance == "activation":
                     raise PassError(f"prune: measuring activations failed: {type(e).__name__}: "
                                     f"{str(e).splitlines()[0][:200] if str(e) else ''}", "use importance l1/l2") from e

@@ -217,7 +217,7 @@ def _calib_key(model: onnx.ModelProto, cfg: "StaticConfig", act: str, feeds_dige
 
     import onnxruntime
 
-    from ..cache import model_digest
+    from ..model import model_digest
 
     parts = {"model": model_digest(model), "method": cfg.calibration, "act": act, "feeds": feeds_digest,
              "percentile": cfg.percentile if cfg.calibration == "percentile" else None, "chunk": CALIB_CHUNK,
@@ -329,7 +329,7 @@ class Int8Static(Pass):
         feeds = ctx.samples.feeds[: cfg.max_samples]
         notes.append(f"calibration: {cfg.calibration} on {len(feeds)} feed(s) from {ctx.samples.source}"
                      + (" - SYNTHETIC, not representative" if ctx.samples.synthetic else ""))
-        from ..cache import feeds_digest
+        from ..data import feeds_digest
 
         key = _calib_key(model, cfg, act, feeds_digest(ctx.samples.head(cfg.max_samples)))
         prepared = prepare_for_quantization(model, notes)
