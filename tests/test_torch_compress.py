@@ -440,7 +440,7 @@ def test_count_flops_matches_onnx_flops(model):
     (prune, {"scope": "model"}, "'scope' must be one of"),
     (prune, {"min_channels": 0}, "'min_channels' must be >= 1"),
     (prune, {"multiple_of": 0}, "'multiple_of' must be >= 1"),
-    (prune, {"layers": {"0": 1.5}}, "'layers' needs ratios"),
+    (prune, {"layers": {"0": 1.5}}, "'layers' needs values"),
     (prune, {"skip": "0"}, "'skip' must be a list"),
     (prune, {"example_inputs": "x"}, "example_inputs must be a tuple"),
     (lowrank, {"energy": 0.0}, "'energy' must be in"),
@@ -449,7 +449,7 @@ def test_count_flops_matches_onnx_flops(model):
     (lowrank, {"min_rank": 0}, "'min_rank' must be >= 1"),
     (lowrank, {"multiple_of": 0}, "'multiple_of' must be >= 1"),
     (lowrank, {"min_size": -1}, "'min_size' must be >= 0"),
-    (lowrank, {"ranks": {"0": 0}}, "'ranks' needs ranks >= 1"),
+    (lowrank, {"ranks": {"0": 0}}, "'ranks' needs values >= 1"),
     (lowrank, {"ranks": {"0": 2.5}}, "must be an integer"),
 ])
 def test_bad_options_raise_value_error(fn, kwargs, match):

@@ -81,6 +81,9 @@ class Pass:
     def __init__(self, config: PassConfig | dict | None = None):
         if config is None or isinstance(config, dict):
             config = self.Config.from_dict(config, where=f"pass {self.name!r}: ")
+        elif not isinstance(config, self.Config):
+            raise RecipeError(f"pass {self.name!r} takes a {self.Config.__name__}, got a {type(config).__name__}",
+                              f"build it with {self.Config.__name__}(...) or pass the options as a dict")
         self.config = config
 
     def run(self, model: onnx.ModelProto, ctx: Context) -> PassResult:  # pragma: no cover - abstract
@@ -113,5 +116,7 @@ def get_pass(name: str) -> type[Pass]:
 
 def list_passes() -> list[dict]:
     _load_all()
+    """Every pass with its options; each option's ``range`` ('[0, 1)', '>= 1', '' for none) and ``bounds``
+    ({'min'|'max'|'gt'|'lt': value}) come from ``option(...)``."""
     return [{"name": n, "doc": c.doc, "exact": c.exact, "options": c.Config.describe()}
             for n, c in sorted(_REGISTRY.items())]

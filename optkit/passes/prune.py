@@ -53,33 +53,21 @@ from . import Context, Pass, PassConfig, PassResult, option, register_pass
 
 @dataclass(frozen=True)
 class PruneConfig(PassConfig):
-    ratio: float = option(0.3, "fraction of output channels/features removed per layer (0 = no-op)")
+    ratio: float = option(0.3, "fraction of output channels/features removed per layer (0 = no-op)", min=0, lt=1)
     importance: str = option("l1", "how a filter/neuron is ranked: L1 or L2 norm of its weights, or activation: the "
                                    "output error of removing it, from its activation variance on --data and the weights "
                                    "reading it (needs real samples)", choices=("l1", "l2", "activation"))
     scope: str = option("layer", "layer: remove `ratio` of every layer; global: one threshold over all layers' "
                                  "normalized importances (still honouring min_channels)", choices=("layer", "global"))
-    min_channels: int = option(8, "never keep fewer channels/features than this in a layer")
-    multiple_of: int = option(1, "round kept counts up to a multiple of this (e.g. 8 or 16 for SIMD/tensor cores)")
-    skip: list[str] = option([], "layer (node) names never pruned")
-    layers: dict[str, float] = option({}, "per-layer ratio overrides by node name (used by the accuracy tuner)")
+    min_channels: int = option(8, "never keep fewer channels/features than this in a layer", min=1)
+    multiple_of: int = option(1, "round kept counts up to a multiple of this (e.g. 8 or 16 for SIMD/tensor cores)",
+                              min=1)
+    skip: tuple[str, ...] = option((), "layer (node) names never pruned")
+    layers: dict[str, float] = option({}, "per-layer ratio overrides by node name (used by the accuracy tuner)",
+                                     min=0, lt=1)
     compensate: bool = option(True, "fold the mean activation of each removed channel into the next layer's bias "
                                     "(measured on real samples from --data; skipped for synthetic samples or none)")
-    max_samples: int = option(16, "sample feeds used to measure those means")
-
-    def check(self) -> str | None:
-        if not 0.0 <= self.ratio < 1.0:
-            return f"option 'ratio' must be in [0, 1), got {self.ratio}"
-        if self.min_channels < 1:
-            return f"option 'min_channels' must be >= 1, got {self.min_channels}"
-        if self.multiple_of < 1:
-            return f"option 'multiple_of' must be >= 1, got {self.multiple_of}"
-        if self.max_samples < 1:
-            return f"option 'max_samples' must be >= 1, got {self.max_samples}"
-        bad = {k: v for k, v in self.layers.items() if not 0.0 <= v < 1.0}
-        if bad:
-            return f"option 'layers' needs ratios in [0, 1), got {bad}"
-        return None
+    max_samples: int = option(16, "sample feeds used to measure those means", min=1)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -1035,16 +1023,12 @@ SPARSE_NOTE = ("dense CPU kernels (ONNX Runtime CPU) gain no speed from these ze
 
 @dataclass(frozen=True)
 class SparsifyConfig(PassConfig):
-    sparsity: float = option(0.5, "fraction of each weight zeroed (smallest |w| first); pattern 2:4 is always 50%")
+    sparsity: float = option(0.5, "fraction of each weight zeroed (smallest |w| first); pattern 2:4 is always 50%",
+                            min=0, lt=1)
     pattern: str = option("unstructured", "unstructured magnitude, or 2:4 (2 of every 4 consecutive weights along "
                                           "the input/reduction axis: the TensorRT sparse layout)",
                           choices=("unstructured", "2:4"))
-    skip: list[str] = option([], "layer (node) names left dense")
-
-    def check(self) -> str | None:
-        if not 0.0 <= self.sparsity < 1.0:
-            return f"option 'sparsity' must be in [0, 1), got {self.sparsity}"
-        return None
+    skip: tuple[str, ...] = option((), "layer (node) names left dense")
 
 
 def _reduction_axis(node: onnx.NodeProto, w: np.ndarray) -> int:

@@ -62,6 +62,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.conv import _ConvNd, _ConvTransposeNd
 from torch.nn.modules.instancenorm import _InstanceNorm
 
+from ..errors import RecipeError
 from ..passes.lowrank import LowRankConfig
 from ..passes.lowrank import _choose_rank
 from ..passes.lowrank import _Layer as _LowRankLayer
@@ -793,8 +794,11 @@ def prune(model: nn.Module, ratio: float = 0.3, *, example_inputs, importance: s
     layers = {k: _real(f"layers[{k!r}]", v, pre) for k, v in layers.items()}
     if not isinstance(inplace, bool):
         raise ValueError(f"{pre}option 'inplace' must be true or false, got {inplace!r}")
-    cfg = PruneConfig(ratio=ratio, importance=importance, scope=scope, min_channels=min_channels,
-                      multiple_of=multiple_of, skip=skip, layers=layers, compensate=False)
+    try:  # the config checks its ranges (option(min=, max=)): a ValueError for torch callers
+        cfg = PruneConfig(ratio=ratio, importance=importance, scope=scope, min_channels=min_channels,
+                          multiple_of=multiple_of, skip=skip, layers=layers, compensate=False)
+    except RecipeError as e:
+        raise ValueError(pre + e.what) from None
     problem = cfg.check()
     if problem:
         raise ValueError(pre + problem)
@@ -886,8 +890,11 @@ def lowrank(model: nn.Module, *, energy: float = 0.95, keep_flops: float = 0.0, 
     ranks = {k: _int(f"ranks[{k!r}]", v, pre) for k, v in ranks.items()}
     if not isinstance(inplace, bool):
         raise ValueError(f"{pre}option 'inplace' must be true or false, got {inplace!r}")
-    cfg = LowRankConfig(energy=energy, keep_flops=keep_flops, ranks=ranks, min_rank=min_rank, multiple_of=multiple_of,
-                        skip=skip, min_size=min_size)
+    try:  # the config checks its ranges (option(min=, max=)): a ValueError for torch callers
+        cfg = LowRankConfig(energy=energy, keep_flops=keep_flops, ranks=ranks, min_rank=min_rank, multiple_of=multiple_of,
+                            skip=skip, min_size=min_size)
+    except RecipeError as e:
+        raise ValueError(pre + e.what) from None
     problem = cfg.check()
     if problem:
         raise ValueError(pre + problem)
