@@ -513,6 +513,21 @@ def test_prune_measures_activations_through_the_context_evaluator():
     with pytest.raises(PassError, match="evaluator"):
         Prune(dict(ratio=0.5, importance="activation")).run(m, Context(samples=_samples(m)))
 
+
+def test_the_tracer_follows_the_rule_table(monkeypatch):
+    """Channel propagation is table-driven: an op without a rule stops the trace; giving it one (here: Shrink, an
+    elementwise op, the unary rule) makes the layer before it prunable, and the rewrite stays exact."""
+    from optkit.passes.prune import rules
+
+    m = mlp(hidden=32, act="Shrink", dead=range(16))
+    assert "fc1" not in prunable_layers(m)
+    assert "Shrink" not in rules.RULES
+    monkeypatch.setitem(rules.RULES, "Shrink", rules.RULES["Relu"])
+    assert "fc1" in prunable_layers(m)
+    res = _run(m, ratio=0.5, min_channels=1)
+    assert _w(res.model, "fc1").shape == (16, 16) and _w(res.model, "fc2").shape == (16, 8)
+    assert _max_diff(m, res.model, _feeds(m)) < 1e-5
+
 # ---------------------------------------------------------------------------------------------------------------
 # config and sparsify
 # ---------------------------------------------------------------------------------------------------------------
