@@ -459,3 +459,18 @@ def test_bad_options_raise_value_error(fn, kwargs, match):
     with pytest.raises(ValueError, match=match) as e:
         fn(m, **kwargs)
     assert "\n" not in str(e.value) and str(e.value).startswith(fn.__name__ + ": ")
+
+
+def test_the_fx_tracer_follows_the_onnx_op_families():
+    """Both tracers speak one vocabulary: every family the fx tracer classifies into has a torch rule, and every
+    torch rule is a family of the ONNX pass's rule table."""
+    from optkit.passes.prune.rules import FAMILIES, FAMILY_RULES
+    from optkit.torch import fx_ops
+    from optkit.torch.fx_rules import TORCH_RULES
+
+    classified = ({fam for _, fam in fx_ops._MODULE_FAMILIES} | set(fx_ops._FUNCTION_FAMILIES.values())
+                  | set(fx_ops._METHOD_FAMILIES.values()))
+    assert classified == set(TORCH_RULES)
+    assert set(TORCH_RULES) <= set(FAMILIES) == set(FAMILY_RULES)
+    assert fx_ops.family_of(torch.fx.symbolic_trace(nn.Sequential(nn.Conv2d(3, 4, 1), nn.ReLU())).graph.find_nodes(
+        op="call_module", target="1")[0], {"1": nn.ReLU()}) == "unary"

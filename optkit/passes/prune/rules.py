@@ -2,8 +2,9 @@
 
 A rule gets the node that reads a tensor carrying the layer's channels and either records what must change
 (``_Plan``) and where the channels go next (``t.set_out``), or raises ``_Fail`` with the reason the layer cannot be
-pruned safely. An op with no rule stops the trace. To teach the pruner a new op, add a rule and list its op types
-in ``RULES``.
+pruned safely. An op with no rule stops the trace. Rules are grouped by op family (``FAMILIES``, names shared with
+the fx tracer of ``optkit.torch.prune``); to teach the pruner a new op, add it to a family or give it a rule in
+``RULES``.
 """
 from __future__ import annotations
 
@@ -271,20 +272,26 @@ def _reduce(t: _Trace, i: int, n: onnx.NodeProto, hits: list, c: _Chan) -> None:
         t.set_out(n, _Chan(p - sum(1 for a in ax if a < p) - new_rank, new_rank))
 
 
-def _table(*families: tuple) -> dict[str, Rule]:
-    out: dict[str, Rule] = {}
-    for ops, rule in families:
-        for op in ops:
-            out[op] = rule
-    return out
+def _linear(t: _Trace, i: int, n: onnx.NodeProto, hits: list, c: _Chan) -> None:
+    (_gemm if n.op_type == "Gemm" else _matmul)(t, i, n, hits, c)
 
 
-RULES: dict[str, Rule] = _table(
-    (UNARY, _unary), (BINARY, _binary), (POOLS, _pool), (("BatchNormalization", "InstanceNormalization"), _norm),
-    (("Conv", "ConvTranspose"), _conv), (("Gemm",), _gemm), (("MatMul",), _matmul), (("Flatten",), _flatten),
-    (("Reshape",), _reshape), (("Squeeze", "Unsqueeze"), _squeeze), (("Shape",), _shape),
-    (("Resize", "Upsample"), _resize), (("Pad",), _pad), (REDUCE, _reduce),
-)
+# The op families the tracer follows. The names are shared with optkit.torch's fx tracer (optkit/torch/fx_rules.py),
+# which maps torch modules/functions/methods onto the same families with rules of its own over fx nodes.
+FAMILIES: dict[str, frozenset] = {
+    "unary": frozenset(UNARY), "binary": frozenset(BINARY), "pool": frozenset(POOLS),
+    "norm": frozenset({"BatchNormalization", "InstanceNormalization"}), "conv": frozenset({"Conv", "ConvTranspose"}),
+    "linear": frozenset({"Gemm", "MatMul"}), "flatten": frozenset({"Flatten"}), "reshape": frozenset({"Reshape"}),
+    "squeeze": frozenset({"Squeeze", "Unsqueeze"}), "shape": frozenset({"Shape"}),
+    "resize": frozenset({"Resize", "Upsample"}), "pad": frozenset({"Pad"}), "reduce": frozenset(REDUCE),
+}
+FAMILY_RULES: dict[str, Rule] = {
+    "unary": _unary, "binary": _binary, "pool": _pool, "norm": _norm, "conv": _conv, "linear": _linear,
+    "flatten": _flatten, "reshape": _reshape, "squeeze": _squeeze, "shape": _shape, "resize": _resize, "pad": _pad,
+    "reduce": _reduce,
+}
+# op type -> rule: what the tracer looks up (add an op type here, or a family above, to follow a new op)
+RULES: dict[str, Rule] = {op: FAMILY_RULES[fam] for fam, ops in FAMILIES.items() for op in sorted(ops)}
 
 
 def _start(gr: _Graph, pi: int, spec) -> _Trace:
