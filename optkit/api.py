@@ -2,17 +2,13 @@
 measure.py)."""
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
+from .artifact import model_name as _model_name  # noqa: F401  (serving names its variants with it)
 from .data import resolve_shapes
 from .errors import InputError
 from .model import load_model, model_files, model_info, save_model, sha256_file, signature
 from .recipe import Recipe
-
-
-def _model_name(path: Path) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", path.stem) or "model"
 
 
 def inspect(model: str | Path, shapes: dict | None = None) -> dict:
@@ -100,43 +96,6 @@ def _write_atomic(model, out: Path) -> Path:
     return out
 
 
-def _load_input(model, name, example_inputs, import_options, warn):
-    """(ONNX model, input description for the manifest, import info or None, name) for an ONNX path, a framework
-    file or an in-memory framework model; framework inputs go through the importer and its parity check."""
-    from .importers import detect, is_framework_object
-
-    opts = dict(import_options or {})
-    if isinstance(model, (str, Path)) and detect(Path(model)) == "onnx":
-        if example_inputs is not None or opts:
-            raise InputError(f"{model} is already ONNX: import options ({', '.join(opts) or 'example_inputs'}) do not apply",
-                             "drop them")
-        src = Path(model)
-        return load_model(src), {"path": str(src.resolve()), "sha256": sha256_file(src)}, None, name or _model_name(src)
-    if not isinstance(model, (str, Path)) and not is_framework_object(model):
-        raise InputError(f"optimize takes an ONNX/PyTorch/TensorFlow model or file, not a {type(model).__name__}",
-                         "pass a path or a torch.nn.Module / Keras model")
-    imp = export(model, example_inputs, warn=warn, **opts)  # trust_pickle, if given, is one of opts
-    if isinstance(model, (str, Path)):
-        src = Path(model)
-        desc = {"source_path": str(src.resolve()), "source_sha256": _source_sha(src)}
-        default_name = _model_name(src)
-    else:
-        desc = {"source_object": imp.info["source"]}
-        default_name = re.sub(r"[^A-Za-z0-9._-]+", "_", type(model).__name__) or "model"
-    return imp.model, desc, imp.info, name or default_name
-
-
-def _source_sha(path: Path) -> str:
-    """sha256 of a file, or of every file under a directory (SavedModel) in path order."""
-    import hashlib
-
-    if path.is_file():
-        return sha256_file(path) if path.suffix == ".onnx" else hashlib.sha256(path.read_bytes()).hexdigest()
-    h = hashlib.sha256()
-    for f in sorted(p for p in path.rglob("*") if p.is_file()):
-        h.update(str(f.relative_to(path)).encode())
-        h.update(f.read_bytes())
-    return h.hexdigest()
 
 
 def optimize(model, recipe: str | Path | Recipe, **options) -> dict:

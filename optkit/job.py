@@ -4,21 +4,22 @@ seal, report. ``optkit.api.optimize`` builds the ``OptimizeRequest`` and calls `
 from __future__ import annotations
 
 import datetime as _dt
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import onnx
 
-from .artifact import MANIFEST_SCHEMA, seal, staged_version
+from .artifact import MANIFEST_SCHEMA, model_name, seal, staged_version
 from .backends import get_backend
 from .data import get_samples, resolve_shapes
 from .env import environment
-from .errors import PassError, ToleranceMiss
+from .errors import InputError, PassError, ToleranceMiss
 from .hw import cpu_features
 from .manifest import DataInfo, EvalData, GuardInfo, Manifest, ToleranceInfo
 from .metrics import top1
-from .model import model_files, model_info, save_model, sha256_file, signature
+from .model import load_model, model_files, model_info, save_model, sha256_file, signature
 from .passes import Context, Progress
 from .pipeline import Pipeline, without_outputs
 from .recipe import Recipe, load_recipe
@@ -95,8 +96,6 @@ def _prepare(req) -> _Job:
     import_options = req.import_options
     if not req.onnx_input:  # a framework model: the import traces with the same data/shapes the pipeline will use
         import_options = {"data": req.data, "shapes": req.shapes, **(import_options or {})}
-    from .api import _load_input
-
     m_in, input_desc, import_info, name = _load_input(req.model, req.name, req.example_inputs, import_options, warn)
     m, ingest_entry, samples = _ingest(m_in, req.model, req.data, req.shapes, req.threads)
     inputs, _ = signature(m)
@@ -126,7 +125,7 @@ def _search(job: _Job):
                       max_check_feeds=req.eval_feeds).run(job.m, on_pass=req.on_pass)
     candidates = None
     if job.rec.candidates:
-        from .search.candidates import pick_candidate
+        from .candidates import pick_candidate
 
         result, candidates = pick_candidate(result, job.rec.build_candidates(), job.ctx, job.tuning, job.m, req.on_pass,
                                             job.evals, req.eval_feeds)
@@ -195,6 +194,48 @@ def _manifest(job: _Job, result, candidates, out_model: Path, compiled, all_comp
         reproduce=_reproduce(req.model, req.recipe, job.rec, req.data, req.eval_data, req.tolerance, req.metric,
                              job.targets, req.threads, req.output),
     ).to_dict()
+
+
+def _load_input(model, name, example_inputs, import_options, warn):
+    """(ONNX model, input description for the manifest, import info or None, name) for an ONNX path, a framework
+    file or an in-memory framework model; framework inputs go through the importer and its parity check."""
+    from .importers import detect, is_framework_object
+
+    opts = dict(import_options or {})
+    if isinstance(model, (str, Path)) and detect(Path(model)) == "onnx":
+        if example_inputs is not None or opts:
+            raise InputError(f"{model} is already ONNX: import options ({', '.join(opts) or 'example_inputs'}) do not apply",
+                             "drop them")
+        src = Path(model)
+        return load_model(src), {"path": str(src.resolve()), "sha256": sha256_file(src)}, None, name or model_name(src)
+    if not isinstance(model, (str, Path)) and not is_framework_object(model):
+        raise InputError(f"optimize takes an ONNX/PyTorch/TensorFlow model or file, not a {type(model).__name__}",
+                         "pass a path or a torch.nn.Module / Keras model")
+    from .importers import import_model
+
+    rtol, atol = opts.pop("parity_tol", (1e-3, 1e-4))  # export()'s keywords (trust_pickle, if given, is one of opts)
+    imp = import_model(model, example_inputs=example_inputs, rtol=rtol, atol=atol, warn=warn, **opts)
+    if isinstance(model, (str, Path)):
+        src = Path(model)
+        desc = {"source_path": str(src.resolve()), "source_sha256": _source_sha(src)}
+        default_name = model_name(src)
+    else:
+        desc = {"source_object": imp.info["source"]}
+        default_name = re.sub(r"[^A-Za-z0-9._-]+", "_", type(model).__name__) or "model"
+    return imp.model, desc, imp.info, name or default_name
+
+
+def _source_sha(path: Path) -> str:
+    """sha256 of a file, or of every file under a directory (SavedModel) in path order."""
+    import hashlib
+
+    if path.is_file():
+        return sha256_file(path) if path.suffix == ".onnx" else hashlib.sha256(path.read_bytes()).hexdigest()
+    h = hashlib.sha256()
+    for f in sorted(p for p in path.rglob("*") if p.is_file()):
+        h.update(str(f.relative_to(path)).encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()
 
 
 def _ingest(m_in, model, data, shapes, threads):

@@ -10,7 +10,7 @@ import numpy as np
 import onnx
 import pytest
 
-from optkit.search import candidates as cmod
+from optkit import candidates as cmod
 from optkit.passes import Context
 from optkit.pipeline import PipelineResult
 from optkit.search import Criterion, Tuning

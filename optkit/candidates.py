@@ -26,10 +26,10 @@ import shutil
 import tempfile
 import time
 
-from ..cache import PassCache, probe_compare
-from ..errors import OptkitError, PassError
-from ..log import step
-from ..pipeline import Pipeline, PipelineResult
+from .cache import PassCache, probe_compare
+from .errors import OptkitError, PassError
+from .log import step
+from .pipeline import Pipeline, PipelineResult
 
 
 def pick_candidate(prefix: PipelineResult, candidates, ctx, tuning, original, on_pass, evals, eval_feeds):
