@@ -100,9 +100,22 @@ class SpeedProbe:
     round_time: float = 0.1
     time_cap: float = 6.0
 
+    def _base_session(self, base: onnx.ModelProto):
+        """The baseline's session, kept open across comparisons with the same baseline object (an auto recipe
+        compares every candidate with the input model: one session for all of them, not one per probe)."""
+        held = self.__dict__.get("_held")
+        if held is not None and held[0] is base:
+            return held[1]
+        if held is not None:
+            held[1].close()
+        s = self.evaluator.session(base)
+        self.__dict__["_held"] = (base, s)
+        return s
+
     def compare(self, base: onnx.ModelProto, cand: onnx.ModelProto) -> dict:
         t_start = time.monotonic()
-        with self.evaluator.session(base) as a, self.evaluator.session(cand) as b:
+        a = self._base_session(base)
+        with self.evaluator.session(cand) as b:
             for s in (a, b):
                 _time_for(s.run, self.feed, 5, 0.05)
             ratios: list[float] = []
