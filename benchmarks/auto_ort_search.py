@@ -34,10 +34,12 @@ def _run(src: Path, args: list[str], cache: Path | None, log: Path) -> dict:
     env.pop("OPTKIT_NO_CACHE", None)
     if cache is not None:
         env["OPTKIT_CACHE_DIR"] = str(cache)
+    load0 = os.getloadavg()[0]
     t0 = time.perf_counter()
     p = subprocess.run([sys.executable, "-m", "optkit.cli", *args, "--format", "json"], capture_output=True, text=True,
                        env=env, cwd=str(src))
     wall = time.perf_counter() - t0
+    load1 = os.getloadavg()[0]
     log.write_text(p.stderr)
     if p.returncode not in (0, 5):
         raise SystemExit(f"run failed ({p.returncode}): {p.stderr[-2000:]}")
@@ -46,13 +48,14 @@ def _run(src: Path, args: list[str], cache: Path | None, log: Path) -> dict:
     chosen = next((c for c in cands if c.get("chosen")), {})
     tol = man.get("tolerance") or {}
     final = (man.get("guard") or {}).get("final") or {}
-    return {"wall_s": round(wall, 1), "optimize_s": man.get("optimize_seconds"), "validations": tol.get("trials"),
+    return {"wall_s": round(wall, 1), "loadavg_1min": [round(load0, 2), round(load1, 2)],
+            "optimize_s": man.get("optimize_seconds"), "validations": tol.get("trials"),
             "passed": tol.get("passed"), "chosen": chosen.get("candidate"),
             "chosen_speedup_vs_input": chosen.get("speedup_vs_input"),
             "final_guard_speedup": final.get("speedup_vs_input"),
             "cosine_vs_input": ((man.get("accuracy") or {}).get("vs_input") or {}).get("cosine"),
             "candidates": [{k: c.get(k) for k in ("candidate", "passed", "speedup_vs_input", "trials", "error",
-                                                  "skipped")} for c in cands],
+                                                  "skipped", "phase", "recovery")} for c in cands],
             "cached_passes": sum(1 for e in man.get("pass_log") or [] if e.get("cached")),
             "cache": man.get("cache"), "artifact": man.get("artifact")}
 
@@ -64,7 +67,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--heads", type=int, default=12)
     ap.add_argument("--seq", type=int, default=128)
     ap.add_argument("--samples", type=int, default=32)
-    ap.add_argument("--before-rev", default="730b658")
+    ap.add_argument("--before-rev", default="1e58322")
     ap.add_argument("--skip-before", action="store_true")
     ap.add_argument("--after-src", type=Path, default=REPO, help="the optkit tree to run as 'after' (default: this one)")
     ap.add_argument("--work", type=Path, default=None)
@@ -116,14 +119,15 @@ def write_results(res: dict) -> Path:
         n += 1
         path = out_dir / f"{stem}-{n}.json"
     path.write_text(json.dumps(res, indent=2) + "\n")
-    lines = [f"# auto-ort --tolerance 1%: before vs after issue 17 ({res['date']}, {res['isa']}, {res['cpu']})", "",
+    lines = [f"# auto-ort --tolerance 1%: before vs after ({res['date']}, {res['isa']}, {res['cpu']})", "",
              f"Encoder h{e['hidden']}, {e['layers']} layers, {e['heads']} heads, seq {e['seq']}, {e['feeds']} feeds; "
              f"{res['cores_note']}. Before = {res['before_rev']}.", "",
-             "| run | wall s | validations | chosen | chosen speedup vs input | cosine vs input | cached passes |",
-             "|---|---|---|---|---|---|---|"]
+             "| run | wall s | load avg (1 min) start-end | validations | chosen | chosen speedup vs input | cosine vs input | cached passes |",
+             "|---|---|---|---|---|---|---|---|"]
     for name, r in res["runs"].items():
         sp, cos = r["chosen_speedup_vs_input"], r["cosine_vs_input"]
-        lines.append(f"| {name} | {r['wall_s']} | {r['validations']} | {r['chosen']} | "
+        la = r.get("loadavg_1min") or ["-", "-"]
+        lines.append(f"| {name} | {r['wall_s']} | {la[0]}-{la[1]} | {r['validations']} | {r['chosen']} | "
                      + (f"{sp:.2f}x" if sp else "-") + " | " + (f"{cos:.5f}" if cos is not None else "-")
                      + f" | {r['cached_passes']} |")
     lines += ["", "Per candidate (speedup vs input, validations):", ""]
