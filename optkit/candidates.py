@@ -6,9 +6,9 @@ Validations are spent like a budget (branch and bound on speed):
    recovery, no layer search, no guard. That costs one build, the pipeline's numerics check after each pass, one
    judgment against the tolerance and one speed probe against the input model.
 2. **Recover, only where it can pay.** A candidate whose aggressive form missed the tolerance is searched (float
-   fallback of sensitive nodes, other calibrations, fewer pruned layers, ...) only when that form is measurably
-   faster (95% intervals separate) than the best candidate that already passed: recovery only makes a candidate
-   slower, so one that cannot beat the best as it is never will. Candidates are recovered simplest first (fewest
+   fallback of sensitive nodes, other calibrations, fewer pruned layers, ...) only when that form is likely faster
+   (its 95% interval lies above the median) than the best candidate that already passed: recovery only makes a
+   candidate slower, so one that cannot beat the best as it is never will. Candidates are recovered simplest first (fewest
    lossy passes: what a one-shot recipe gives is secured before a compound candidate spends the budget), then
    fastest first, and the bound tightens as each one passes.
 3. **Choose** the fastest passing candidate, where speeds are told apart by their 95% intervals; candidates that tie
@@ -158,7 +158,7 @@ def _recover(prefix, candidates, ctx, tuning, original, evals, eval_feeds, rows,
     for order, cname, _, row in missed:
         best = max((r for r in runs.values() if r[3]["passed"]), key=lambda r: _median(r[3]), default=None)
         if best is not None and not _beats(row, best[3]):
-            row["recovery"] = (f"not searched: even as screened ({_span(row)}) it is not measurably faster than "
+            row["recovery"] = (f"not searched: even as screened ({_span(row)}) it is not likely faster than "
                                f"{best[1]} ({_span(best[3])}), which meets the tolerance; recovery only slows it")
             continue
         if _deadline_passed(tuning):
@@ -186,11 +186,12 @@ def _median(row: dict) -> float:
 
 
 def _beats(row: dict, best: dict) -> bool:
-    """Measurably faster: the 95% intervals separate (a recovered candidate can at best tie an overlapping one, and
-    a tie goes to the more accurate, which the one that already passed as screened usually is)."""
-    a, b = row.get("speed"), best.get("speed")
-    if a and b:
-        return a["lo"] > b["hi"]
+    """Likely faster: the lower end of the screened form's 95% interval is above the best's median. (Medians alone
+    sent every noisy near-tie into a costly recovery; requiring the intervals to separate let one wide interval on
+    the best block a candidate 16% faster, seen on a text recogniser.)"""
+    a = row.get("speed")
+    if a and best.get("speed"):
+        return a["lo"] > _median(best)
     return _median(row) > _median(best)
 
 

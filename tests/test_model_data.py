@@ -125,3 +125,12 @@ def test_compare_flags_a_changed_output_shape():
     d = compare([{"y": a}], [{"y": a.reshape(3, 2)}])
     assert d["outputs"]["y"]["shape_mismatch"] and not within(d, 1e-3, 1e-4, 0.999)
     assert within(compare([{"y": a}], [{"y": a.copy()}]), 1e-3, 1e-4, 0.999)
+    # near-zero outputs that agree to atol element by element are equal, whatever their cosine says
+    tiny = np.full((1, 64), 1e-7, np.float32)
+    noisy = tiny + np.random.default_rng(0).normal(0, 1e-7, tiny.shape).astype(np.float32)
+    d = compare([{"y": tiny}], [{"y": noisy}])
+    assert d["outputs"]["y"]["cosine"] < 0.999 and within(d, 1e-3, 1e-4, 0.999)
+    # a real change (beyond atol) with a low cosine still fails
+    big = np.random.default_rng(1).normal(0, 1, (1, 64)).astype(np.float32)
+    assert not within(compare([{"y": big}], [{"y": big + np.random.default_rng(2).normal(0, 0.5, big.shape).astype(np.float32)}]),
+                      1e-3, 1e-4, 0.999)
