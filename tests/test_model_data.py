@@ -52,6 +52,14 @@ def test_shape_args_and_resolution(tmp_path):
     for bad in ["x", "x=", "x=1xa", "=1x2", "x=0x3", "x=2,128", "x=1xx3", "x=-1x3", "x=1x", "x=1 x 3", "x=+1"]:
         with pytest.raises(InputError, match="--shape"):
             parse_shape_args([bad])
+    inputs, _ = M.signature(M.load_model(tiny_matmul(tmp_path / "mm.onnx")))
+    with pytest.raises(InputError, match=r"symbolic dim 'seq' at axis 1.*--shape x=1xNx16"):
+        resolve_shapes(inputs, None)
+    assert resolve_shapes(inputs, {"x": (3, 7, 16)}) == {"x": (3, 7, 16)}
+    with pytest.raises(InputError, match="fixes it to 16"):
+        resolve_shapes(inputs, {"x": (1, 7, 15)})
+    with pytest.raises(InputError, match="unknown input 'y'"):
+        resolve_shapes(inputs, {"y": (1,)})
 
 
 def test_one_shape_syntax_for_shape_args_tvm_and_trt():
@@ -80,14 +88,6 @@ def test_one_shape_syntax_for_shape_args_tvm_and_trt():
     assert parse_profile("1x3,2x3,4x3") == ((1, 3), (2, 3), (4, 3))
     with pytest.raises(RecipeError):
         parse_profile("1x3,2x3x")
-    inputs, _ = M.signature(M.load_model(tiny_matmul(tmp_path / "mm.onnx")))
-    with pytest.raises(InputError, match=r"symbolic dim 'seq' at axis 1.*--shape x=1xNx16"):
-        resolve_shapes(inputs, None)
-    assert resolve_shapes(inputs, {"x": (3, 7, 16)}) == {"x": (3, 7, 16)}
-    with pytest.raises(InputError, match="fixes it to 16"):
-        resolve_shapes(inputs, {"x": (1, 7, 15)})
-    with pytest.raises(InputError, match="unknown input 'y'"):
-        resolve_shapes(inputs, {"y": (1,)})
 
 
 def test_cnn_batch_dim_defaults_to_one(tmp_path):
