@@ -553,3 +553,13 @@ def _accuracy(result, samples) -> dict:
     if t_in is not None:
         acc.update({"top1_input": t_in, "top1_output": t_out, "top1_delta": t_out - t_in})
     return acc
+
+
+def compare_backends(man: dict, warn=None) -> dict | None:
+    """After ``optimize`` compiled for several backends (``--backend ort,tvm`` / ``all``): bench them side by side on
+    the artifact (the backend matrix of ``optkit bench``). None when there was one backend: nothing to compare."""
+    if len(man.get("backends") or {}) <= 1:
+        return None
+    from .measure import bench
+
+    return bench(man["artifact"], backend=",".join(man["backends"]), rounds=3, round_time=0.3, warn=warn)

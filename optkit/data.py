@@ -86,7 +86,7 @@ def parse_shape_args(items: list[str] | None) -> dict[str, tuple[int, ...]]:
         name, sep, dims = item.partition("=")
         if not sep or not name.strip():
             raise InputError(f"bad --shape {item!r}", "use NAME=DIMS, e.g. --shape input=1x3x224x224")
-        shapes[name.strip()] = parse_dims(dims, f"--shape {name.strip()}")
+        shapes[name.strip()] = parse_dims(dims, f"--shape {item!r}")
     return shapes
 
 

@@ -6,7 +6,6 @@ Every compile here runs TVM in a child process (a few seconds each); the tuning 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path

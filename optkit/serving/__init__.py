@@ -35,17 +35,16 @@ grid, Pareto front, best trial), ``variants`` (building and judging the variants
 """
 from __future__ import annotations
 
-from .cache import TrialCache, _context_hash, _load_cache
+from .cache import TrialCache
 from .executors import WORKER, Executor, LocalExecutor, ReplayExecutor, TrialSpec, make_executor, trial_key
 from .plot import svg_plot
-from .search import (Space, _optuna, _sampler, best_trial, classify, n_startup_for, objective_value, pareto_front,
-                     resolve_sampler, search)
+from .search import (Space, best_trial, classify, n_startup_for, objective_value, pareto_front, resolve_sampler,
+                     search)
 from .spec import (CACHE_FILE, DEFAULT_BATCHES, OBJECTIVES, PRECISIONS, RECIPES, RESULT_MARK, SAMPLERS, SERVING,
                    SERVING_SCHEMA, SERVING_SVG, STATIC_SHAPE_BACKENDS, SloTerm, default_threads, parse_int_list,
                    parse_names, parse_slo, parse_tune_budget)
 from .tuning import tune
-from .variants import _build_variant, _fixed_batch, _judge_variants, _resolve_input, _variant_matches
-
+from .variants import _resolve_input  # noqa: F401  (tests resolve tune's output paths with it)
 
 def __getattr__(name: str):
     # the child-side code loads only where it runs (python -m optkit.serving.worker imports it as __main__)
@@ -56,5 +55,9 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["tune", "search", "Space", "TrialSpec", "Executor", "LocalExecutor", "ReplayExecutor", "parse_slo",
-           "parse_tune_budget", "pareto_front", "best_trial", "classify", "measure", "svg_plot", "RECIPES", "SERVING"]
+__all__ = ["tune", "search", "Space", "TrialSpec", "Executor", "LocalExecutor", "ReplayExecutor", "TrialCache",
+           "make_executor", "trial_key", "WORKER", "parse_slo", "parse_tune_budget", "parse_int_list", "parse_names",
+           "default_threads", "SloTerm", "pareto_front", "best_trial", "classify", "objective_value", "n_startup_for",
+           "resolve_sampler", "measure", "svg_plot", "RECIPES", "SERVING", "SERVING_SVG", "SERVING_SCHEMA",
+           "CACHE_FILE", "DEFAULT_BATCHES", "OBJECTIVES", "PRECISIONS", "RESULT_MARK", "SAMPLERS",
+           "STATIC_SHAPE_BACKENDS"]

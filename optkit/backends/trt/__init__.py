@@ -54,4 +54,6 @@ from .session import TrtSession
 
 __all__ = ["TrtBackend", "TrtOptions", "TrtSession", "TrtError", "Profile", "parse_shape", "parse_profile",
            "derive_profiles", "check_trt_qdq", "check_trt_model", "prepare_trt_onnx", "model_precision",
-           "build_command", "build_engine", "runtime_status", "shared_timing_cache", "default_cache_dir", "trt_ready"]
+           "build_command", "build_engine", "runtime_status", "shared_timing_cache", "default_cache_dir", "trt_ready",
+           "ENGINE_FILE", "INSTALL_HINT", "PRECISIONS", "README_FILE", "SCRIPT_FILE", "TIMING_CACHE_FILE",
+           "TRT_ONNX_FILE"]

@@ -50,5 +50,6 @@ from .options import (BUILD_LOG, BUILD_TIMEOUT_S, DB_MARKER, INSTALL_HINT, LIB_F
 from .runner import run_worker
 from .session import TvmSession
 
-__all__ = ["TvmBackend", "TvmOptions", "TvmSession", "parse_target", "host_cpu", "cache_root",
-           "cache_key", "target_string", "tvm_version", "run_worker"]
+__all__ = ["TvmBackend", "TvmOptions", "TvmSession", "parse_target", "host_cpu", "cache_root", "cache_key",
+           "target_string", "tvm_version", "run_worker", "static_shapes", "BUILD_LOG", "BUILD_TIMEOUT_S", "DB_MARKER",
+           "INSTALL_HINT", "LIB_FILE", "META_FILE", "META_FORMAT", "TUNE_LOG"]

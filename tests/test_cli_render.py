@@ -1,0 +1,43 @@
+"""The CLI's renderers and the decisions that moved out of the CLI (optkit.cli.render, optkit.api.compare_backends)."""
+from __future__ import annotations
+
+from optkit.cli.render import option_line, option_range
+
+
+def test_passes_shows_declared_option_ranges():
+    base = {"name": "sparsity", "default": 0.5, "choices": [], "doc": "fraction removed"}
+    assert option_range(base) == ""
+    assert option_range({**base, "min": 0.0, "max": 0.95}) == " [0..0.95]"
+    assert option_range({**base, "min": 1}) == " [>= 1]"
+    assert option_range({**base, "max": 5}) == " [<= 5]"
+    assert option_range({**base, "min": None, "max": None}) == ""
+    line = option_line({**base, "name": "level", "default": 3, "choices": [1, 2, 3], "min": 1, "max": 3})
+    assert line == "level = 3 [1|2|3] [1..3]: fraction removed"
+    assert option_line(base) == "sparsity = 0.5: fraction removed"
+
+
+def test_every_registered_option_renders(monkeypatch):
+    """Every option optkit passes lists renders, with or without declared ranges."""
+    from optkit.passes import list_passes
+
+    rows = list_passes()
+    assert any(r["name"] == "trt-qdq-layout" for r in rows)
+    for r in rows:
+        for o in r["options"]:
+            text = option_line(o)
+            assert text.startswith(f"{o['name']} = ")
+            if o.get("min") is not None:
+                assert option_range(o) in text
+
+
+def test_compare_backends_only_when_several(monkeypatch):
+    """optimize's 'bench the backends side by side' decision lives in api: one backend, no bench."""
+    import optkit.api as api
+    import optkit.measure as measure
+
+    calls = []
+    monkeypatch.setattr(measure, "bench", lambda art, **kw: calls.append((art, kw)) or {"rows": []})
+    assert api.compare_backends({"artifact": "a", "backends": {"ort": {}}}) is None
+    assert api.compare_backends({"artifact": "a"}) is None and calls == []
+    assert api.compare_backends({"artifact": "a", "backends": {"ort": {}, "tvm": {}}}) == {"rows": []}
+    assert calls == [("a", {"backend": "ort,tvm", "rounds": 3, "round_time": 0.3, "warn": None})]
