@@ -123,7 +123,7 @@ def main(argv=None) -> Path | None:
     import onnxruntime
 
     from optkit.env import environment
-    from optkit.tune import parse_tolerance
+    from optkit.search import parse_tolerance
 
     from .suite import roofline, variants
 

@@ -13,12 +13,11 @@ from .backends import get_backend
 from .data import get_samples, resolve_shapes
 from .env import environment
 from .errors import InputError, PassError, ToleranceMiss
-from .log import step
 from .hw import cpu_features
 from .metrics import top1
 from .model import load_model, model_files, model_info, save_model, sha256_file, signature
 from .passes import Context, Progress
-from .pipeline import Pipeline, PipelineResult, without_outputs
+from .pipeline import Pipeline, without_outputs
 from .recipe import Recipe, load_recipe
 
 
@@ -234,7 +233,10 @@ def optimize(model, recipe: str | Path | Recipe, *, data: str | Path | None = No
         result = Pipeline(passes, ctx, tuning=tuning, eval_samples=evals, max_check_feeds=eval_feeds).run(m, on_pass=on_pass)
         candidates = None
         if rec.candidates:
-            result, candidates = _pick_candidate(result, rec.build_candidates(), ctx, tuning, m, on_pass, evals, eval_feeds)
+            from .search.candidates import pick_candidate
+
+            result, candidates = pick_candidate(result, rec.build_candidates(), ctx, tuning, m, on_pass, evals,
+                                                eval_feeds)
         if ingest_entry["modified"]:  # a clean model adds no row; its ingest entry is in the manifest's "ingest"
             result.log.insert(0, ingest_entry)
         out_model = staged.stage / "model.onnx"
@@ -360,97 +362,12 @@ def _compile_extra(name, rec, model_path, out_dir, threads, shapes, warn) -> dic
         return {"backend": name, "status": "failed", "reason": str(e)}
 
 
-def _pick_candidate(prefix, candidates, ctx, tuning, original, on_pass, evals, eval_feeds):
-    """Run every candidate's passes on the prefix result; keep the fastest that meets the tolerance, where speeds are
-    told apart by 95% intervals: candidates that tie with the fastest go to the more accurate, then the simpler (the
-    earlier in the recipe). A candidate that crashes costs itself, not the run."""
-    import dataclasses
-
-    from .errors import OptkitError, PassError
-
-    rows, runs, refused = [], [], []
-    for order, (cname, cpasses) in enumerate(candidates):
-        if tuning.deadline is not None and time.monotonic() > tuning.deadline:
-            rows.append({"candidate": cname, "skipped": "time budget spent"})
-            continue
-        own = dataclasses.replace(tuning, trials_run=0)  # each candidate gets the full trial budget
-        step("candidate %d/%d %s: %s", order + 1, len(candidates), cname, " → ".join(p.name for p in cpasses) or "(no passes)")
-        try:
-            sub = Pipeline(cpasses, ctx, tuning=own, eval_samples=evals, max_check_feeds=eval_feeds).run(prefix.model)
-        except PassError as e:  # a candidate that refuses this model (INT8 on float16 compute, say): skipped, said why
-            rows.append({"candidate": cname, "passes": [p.name for p in cpasses], "skipped": e.what, "passed": False})
-            refused.append(e)
-            continue
-        except Exception as e:  # noqa: BLE001 - a candidate that crashes costs itself, the others go on
-            what = e.what if isinstance(e, OptkitError) else f"{type(e).__name__}: {str(e).strip()[:300]}"
-            rows.append({"candidate": cname, "passes": [p.name for p in cpasses], "error": what, "passed": False})
-            continue
-        from .cache import probe_compare
-
-        speed = probe_compare(tuning.probe, original, sub.model, ctx.cache) if tuning.probe is not None else None
-        acc = sub.log[-1].get("vs_input", {}) if sub.log else {}
-        row = {"candidate": cname, "passes": [p.name for p in cpasses], "passed": not sub.missed, "missed_by": sub.missed,
-               "speedup_vs_input": speed["median"] if speed else None, "trials": own.trials_run,
-               "cosine_vs_prefix": acc.get("cosine"), "reverted": [e["pass"] for e in sub.log if e["status"] == "reverted"]}
-        if speed:
-            row["speed"] = {k: speed[k] for k in ("median", "lo", "hi", "rounds", "verdict")}
-        judged = tuning.criterion.judge(prefix.reference_outputs, sub.outputs, evals.labels[:len(sub.outputs)]
-                                        if evals.labels else None, evals.feeds[:len(sub.outputs)]) \
-            if tuning.criterion is not None and sub.outputs else None
-        if judged is not None:
-            row["metric"] = {"name": judged["metric"], "value": judged["value"], "threshold": judged["threshold"],
-                             "margin": judged["margin"]}
-            row["passed"] = row["passed"] and judged["ok"]
-        rows.append(row)
-        runs.append((order, cname, sub, row))
-    if not runs:
-        if refused and len(refused) == len(rows):
-            raise refused[0]
-        raise PassError("no candidate ran: " + "; ".join(f"{r['candidate']}: {r.get('error', r.get('skipped'))}"
-                                                         for r in rows)[:600],
-                        "raise --budget, run a one-shot recipe (int8-ort, fp32-ort), or report the model")
-    chosen, why = _choose(runs)
-    for row in rows:
-        row["chosen"] = row["candidate"] == chosen[1]
-        if row["chosen"]:
-            row["why"] = why
-    sub = chosen[2]
-    for entry in sub.log:
-        entry["candidate"] = chosen[1]
-        if on_pass is not None:
-            on_pass(entry)
-    result = PipelineResult(sub.model, prefix.log + sub.log, prefix.reference_outputs, sub.outputs, sub.missed,
-                            sub.final_guard or prefix.final_guard)
-    return result, rows
-
-
-def _choose(runs: list[tuple]) -> tuple:
-    """(order, name, result, row) of the candidate to keep, and why."""
-    passing = [r for r in runs if r[3]["passed"]]
-    if not passing:  # nothing meets the tolerance: the closest miss is saved (and the run exits 5 unless --allow-miss)
-        best = max(runs, key=lambda r: (r[3].get("metric") or {}).get("margin", float("-inf")))
-        return best, "no candidate met the tolerance: kept the closest"
-
-    def speed(r, key):
-        sp = r[3].get("speed") or {}
-        return sp.get(key, r[3].get("speedup_vs_input") or 1.0)
-
-    fastest = max(passing, key=lambda r: speed(r, "median"))
-    ties = [r for r in passing if speed(r, "hi") >= speed(fastest, "lo")]
-    choice = max(ties, key=lambda r: ((r[3].get("metric") or {}).get("margin", 0.0), -len(r[3]["passes"]), -r[0]))
-    if choice is fastest:
-        return choice, "the fastest within the tolerance" + (f" ({len(ties) - 1} tie(s) on speed, less accurate)"
-                                                            if len(ties) > 1 else "")
-    return choice, (f"ties on speed with the fastest ({fastest[1]}: overlapping 95% intervals); kept the more accurate, "
-                    "then the simpler")
-
-
 def _tuning(model, rec: Recipe, passes, samples, threads: int, tolerance, metric: str, budget, max_trials: int, force: bool,
             warn, evaluator=None, backend: str = "ort"):
     """The gate and the search. Every lossy recipe runs behind a gate: 1% on the auto metric unless --tolerance says
     otherwise (one-shot recipes keep their own configuration when it passes and search only to recover a miss)."""
     from .evaluate import SpeedProbe
-    from .tune import Tuning, make_criterion, parse_budget
+    from .search import Tuning, make_criterion, parse_budget
 
     lossy = [p.name for p in passes if not p.exact] + [q.name for _, cps in rec.build_candidates() for q in cps
                                                        if not q.exact] if rec.candidates else \

@@ -30,6 +30,13 @@ class PassError(OptkitError):
     exit_code = 3
 
 
+class Unsupported(PassError):
+    """The model holds a construct a pass refuses (INT8 on float16 compute, say): said at once, before any search, and
+    not retried with other configurations; exit 2 like any other input the user must change."""
+
+    exit_code = 2
+
+
 class BackendUnavailable(OptkitError):
     """A backend's library or hardware is missing here."""
 

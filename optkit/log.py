@@ -47,22 +47,6 @@ def trial(name: str, rec: dict, tuning) -> None:
              f" · {cfg}" if cfg and not isinstance(cfg, (list, dict)) else "")
 
 
-def trial_logged(fn):
-    """Decorator for the search's trial function ``(p_cls, cfg, model, ctx, ref_out, feeds, labels, tuning, ...)
-    -> (result, judged, record)``: every trial, failed ones included, gets its progress line."""
-    import functools
-
-    @functools.wraps(fn)
-    def wrapper(p_cls, *args, **kwargs):
-        out = fn(p_cls, *args, **kwargs)
-        tuning = args[6] if len(args) > 6 else kwargs.get("tuning")
-        if tuning is not None:
-            trial(getattr(p_cls, "name", str(p_cls)), out[2], tuning)
-        return out
-
-    return wrapper
-
-
 def command() -> str | None:
     import shlex
 

@@ -1,7 +1,17 @@
-"""Run a recipe's passes in order; after each one, compare the new model with the one before on the samples."""
+"""Run a recipe's passes in order. What happens around each pass is an instrument (TVM's ``PassInstrument`` idea):
+
+- ``Progress``: a progress line when a pass starts, its seconds when it ends;
+- ``NumericsCheck``: the new model run by the deployed evaluator (``ctx.evaluator``) on the check feeds and compared
+  with the model before it and with the input; an exact pass that changes numerics fails the run, a lossy one is
+  judged against the tolerance;
+- ``PerformanceGuard``: a lossy pass that made the model measurably slower is undone, and at the end the input model
+  is kept if the result is measurably slower than it.
+
+The tolerance search itself (``optkit.search.tune_pass``) decides what a searched pass returns; the pipeline never
+imports a backend.
+"""
 from __future__ import annotations
 
-import dataclasses
 import time
 from dataclasses import dataclass, field
 
@@ -30,11 +40,127 @@ class PipelineResult:
     final_guard: dict | None = None
 
 
+@dataclass
+class PassRun:
+    """What instruments see of one pass: the pass, the model before it, its result and (when searched) the outcome,
+    its pass-log entry, the passes done before it, and whether it is to be undone."""
+
+    p: Pass
+    before: onnx.ModelProto
+    entry: dict
+    done: list[str]
+    result: object = None  # PassResult
+    outcome: object = None  # optkit.search.Outcome
+    reverted: bool = False
+
+
+class Instrument:
+    """Hooks around a pipeline run; each may write into the pass's log entry. ``after_pass`` may set ``run.reverted``."""
+
+    def start(self, model: onnx.ModelProto) -> None: ...
+    def before_pass(self, run: PassRun) -> None: ...
+    def after_pass(self, run: PassRun) -> None: ...
+    def finish(self, out: PipelineResult, original: onnx.ModelProto) -> None: ...
+
+
 def run_model(model: onnx.ModelProto, feeds: list[dict], threads: int = 1, evaluator=None) -> list[dict]:
     """Outputs of ``model`` on ``feeds`` as the deployed backend computes them (``optkit.evaluate``)."""
     from .evaluate import Evaluator
 
     return (evaluator or Evaluator(threads=threads)).run(model, feeds)
+
+
+class Progress(Instrument):
+    def __init__(self, total: int):
+        self.total, self.i, self.t0 = total, 0, 0.0
+
+    def before_pass(self, run: PassRun) -> None:
+        self.i += 1
+        step("pass %d/%d %s: started", self.i, self.total, run.p.name)
+        self.t0 = time.perf_counter()
+
+    def after_pass(self, run: PassRun) -> None:
+        run.entry["seconds"] = round(time.perf_counter() - self.t0, 3)
+
+
+class PerformanceGuard(Instrument):
+    """A pass meant to speed things up that made the model slower (the 95% interval shows it) is undone."""
+
+    def __init__(self, tuning, ctx: Context):
+        self.tuning, self.ctx = tuning, ctx
+
+    def after_pass(self, run: PassRun) -> None:
+        t, p = self.tuning, run.p
+        if p.exact or not run.result.modified:
+            return
+        chosen = next((r.get("speed") for r in run.outcome.trials if r.get("chosen")), None) \
+            if run.outcome is not None and run.outcome.trials else None
+        speed = chosen or probe_compare(t.probe, run.before, run.result.model, self.ctx.cache)
+        run.entry["guard"] = {"speedup_vs_before": speed["median"], "interval": [speed["lo"], speed["hi"]],
+                              "rounds": speed["rounds"], "verdict": speed["verdict"]}
+        if speed["verdict"] != "slower":  # only a slowdown the intervals can show is reverted
+            return
+        run.reverted = True
+        run.entry["status"] = "reverted"
+        run.entry["notes"].append(f"performance guard: {speed['median']:.2f}x vs the model before this pass (95% "
+                                  f"interval {speed['lo']:.2f}-{speed['hi']:.2f}x, slower), so the pass was reverted; "
+                                  "--force keeps it")
+
+    def finish(self, out: PipelineResult, original: onnx.ModelProto) -> None:
+        if not any(e.get("status") == "ok" and e.get("modified") for e in out.log):
+            return
+        speed = probe_compare(self.tuning.probe, original, out.model, self.ctx.cache)
+        slower = speed["verdict"] == "slower"
+        out.final_guard = {"speedup_vs_input": speed["median"], "interval": [speed["lo"], speed["hi"]],
+                           "rounds": speed["rounds"], "verdict": speed["verdict"], "kept": not slower}
+        if slower:
+            out.model, out.outputs, out.missed = original, out.reference_outputs, []
+            out.final_guard["note"] = (f"the optimized model ran {speed['median']:.2f}x vs the input model (95% interval "
+                                       f"{speed['lo']:.2f}-{speed['hi']:.2f}x, slower): the artifact holds the input "
+                                       "model unchanged; --force keeps the optimized one")
+
+
+class NumericsCheck(Instrument):
+    """After every pass, the new model as it will be served, compared with the model before it and with the input."""
+
+    def __init__(self, ctx: Context, feeds: list[dict], labels, criterion):
+        self.ctx, self.feeds, self.labels, self.criterion = ctx, feeds, labels, criterion
+        self.ref: list[dict] = []
+        self.prev: list[dict] = []
+
+    def start(self, model: onnx.ModelProto) -> None:
+        self.ref = self.prev = evaluate(self.ctx.evaluator, model, self.feeds, self.ctx.cache) if self.feeds else []
+
+    def after_pass(self, run: PassRun) -> None:
+        if not self.feeds:
+            return
+        p, entry = run.p, run.entry
+        try:
+            new_out = evaluate(self.ctx.evaluator, run.result.model, self.feeds, self.ctx.cache)
+        except Exception as e:
+            raise PassError(f"pass {p.name!r} produced a model the deployed runtime cannot run: {type(e).__name__}: "
+                            f"{str(e).strip().splitlines()[0][:300] if str(e).strip() else ''}" + _after(run.done),
+                            "drop the pass from the recipe or report the model") from e
+        vs_prev = compare(self.prev, new_out)
+        entry["vs_previous"] = without_outputs(vs_prev)
+        entry["vs_input"] = without_outputs(compare(self.ref, new_out))
+        acc = top1(new_out, self.labels)
+        if acc is not None:
+            entry["top1"] = acc
+        if p.exact and not within(vs_prev, EXACT_RTOL, EXACT_ATOL, EXACT_MIN_COSINE):
+            d = entry["vs_previous"]
+            raise PassError(f"pass {p.name!r} should keep numerics but changed them (max-abs {d['max_abs']:.3g}, "
+                            f"cosine {d['cosine']:.6f})" + _after(run.done), "drop the pass from the recipe or report the model")
+        if self.criterion is not None and not p.exact:
+            judged = run.outcome.judged if run.outcome is not None and run.outcome.judged else \
+                self.criterion.judge(self.ref, new_out, self.labels, self.feeds)
+            entry["tolerance"] = {**judged, "criterion": self.criterion.describe()}
+        self._pending = new_out
+
+    def accepted(self, run: PassRun) -> None:
+        """The pass stays (not reverted): its outputs are what the next pass is compared with."""
+        if self.feeds and not run.reverted:
+            self.prev = self._pending
 
 
 class Pipeline:
@@ -44,7 +170,7 @@ class Pipeline:
         self.passes = passes
         self.ctx = ctx
         self.max_check_feeds = max_check_feeds
-        self.tuning = tuning  # optkit.tune.Tuning: tolerance search and performance guard (None = neither)
+        self.tuning = tuning  # optkit.search.Tuning: tolerance search and performance guard (None = neither)
         # feeds for the numerics checks and tolerance judgments; default: the calibration samples (ctx.samples)
         self.eval_samples = eval_samples
 
@@ -56,134 +182,67 @@ class Pipeline:
             from .evaluate import Evaluator
 
             self.ctx.evaluator = Evaluator(threads=self.ctx.threads)
-        ref_out = evaluate(self.ctx.evaluator, model, feeds, self.ctx.cache) if feeds else []
-        prev_out = ref_out
+        t = self.tuning
+        numerics = NumericsCheck(self.ctx, feeds, labels, t.criterion if t is not None else None)
+        instruments: list[Instrument] = [Progress(len(self.passes)), numerics]
+        if t is not None and t.guard and t.probe is not None:
+            instruments.append(PerformanceGuard(t, self.ctx))
+        for i in instruments:
+            i.start(model)
         log: list[dict] = []
         done: list[str] = []
         original = model
         for p in self.passes:
-            entry = {"pass": p.name, "config": p.config.to_dict(), "exact": p.exact,
-                     "nodes_before": len(model.graph.node), "bytes_before": model_bytes(model)}
-            step("pass %d/%d %s: started", self.passes.index(p) + 1, len(self.passes), p.name)
-            t0 = time.perf_counter()
-            outcome = None
-            try:
-                outcome = self._tuned(p, model, ref_out, feeds, labels)
-                result = outcome.result if outcome is not None else run_pass(p, model, self.ctx)
-            except PassError as e:
-                raise PassError(f"pass {p.name!r} failed: {e.what}" + _after(done), e.hint) from e
-            except Exception as e:
-                raise PassError(f"pass {p.name!r} failed: {type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
-                                + _after(done), "rerun with --debug for the traceback, or drop the pass") from e
-            entry["seconds"] = round(time.perf_counter() - t0, 3)
-            new = result.model
-            try:
-                onnx.checker.check_model(new) if model_bytes(new) < 2_000_000_000 else None
-            except Exception as e:
-                raise PassError(f"pass {p.name!r} produced an invalid model: {str(e).splitlines()[0][:300]}" + _after(done),
-                                "report the model; drop the pass to continue") from e
-            entry.update({"modified": result.modified, "nodes_after": len(new.graph.node), "bytes_after": model_bytes(new),
-                          "notes": result.notes, **({"metrics": result.metrics} if result.metrics else {})})
-            if getattr(result, "cached", False):
-                entry["cached"] = True  # answered by the pass cache (optkit.cache): not recomputed
-            if outcome is not None:
-                entry["trials"] = outcome.trials
-                entry["validations"] = sum(1 for r in outcome.trials if "error" not in r and "ok" in r)
-                entry["trials_cached"] = sum(1 for r in outcome.trials if r.get("cached"))
-            if feeds:
-                try:
-                    new_out = evaluate(self.ctx.evaluator, new, feeds, self.ctx.cache)
-                except Exception as e:
-                    raise PassError(f"pass {p.name!r} produced a model the deployed runtime cannot run: "
-                                    f"{type(e).__name__}: {str(e).strip().splitlines()[0][:300] if str(e).strip() else ''}"
-                                    + _after(done), "drop the pass from the recipe or report the model") from e
-                vs_prev = compare(prev_out, new_out)
-                entry["vs_previous"] = without_outputs(vs_prev)
-                entry["vs_input"] = without_outputs(compare(ref_out, new_out))
-                acc = top1(new_out, labels)
-                if acc is not None:
-                    entry["top1"] = acc
-                if p.exact and not within(vs_prev, EXACT_RTOL, EXACT_ATOL, EXACT_MIN_COSINE):
-                    d = entry["vs_previous"]
-                    raise PassError(
-                        f"pass {p.name!r} should keep numerics but changed them (max-abs {d['max_abs']:.3g}, "
-                        f"cosine {d['cosine']:.6f})" + _after(done),
-                        "drop the pass from the recipe or report the model")
-                crit = self.tuning.criterion if self.tuning is not None else None
-                if crit is not None and not p.exact:
-                    judged = outcome.judged if outcome is not None and outcome.judged else crit.judge(ref_out, new_out, labels, feeds)
-                    entry["tolerance"] = {**judged, "criterion": crit.describe()}
-            entry["status"] = "ok"
-            if self._guard_reverts(p, model, new, result, outcome, entry):
-                new = model
-            else:
-                prev_out = new_out if feeds else prev_out
-            log.append(entry)
+            run = PassRun(p, model, {"pass": p.name, "config": p.config.to_dict(), "exact": p.exact,
+                                     "nodes_before": len(model.graph.node), "bytes_before": model_bytes(model)}, list(done))
+            for i in instruments:
+                i.before_pass(run)
+            self._apply(run, numerics, labels)
+            run.entry["status"] = "ok"
+            for i in instruments:
+                i.after_pass(run)
+            numerics.accepted(run)
+            log.append(run.entry)
             done.append(p.name)
             if on_pass is not None:
-                on_pass(entry)
-            model = new
+                on_pass(run.entry)
+            model = run.before if run.reverted else run.result.model
         missed = [e["pass"] for e in log if e["status"] == "ok" and not e.get("tolerance", {}).get("ok", True)]
-        out = PipelineResult(model, log, ref_out, prev_out, missed)
-        self._final_guard(out, original)
+        out = PipelineResult(model, log, numerics.ref, numerics.prev, missed)
+        for i in instruments:
+            i.finish(out, original)
         return out
 
-    def _tuned(self, p: Pass, model, ref_out, feeds, labels):
-        """Run ``p`` through the tolerance search when one is asked for and the pass supports it."""
-        t = self.tuning
-        if t is None or t.criterion is None or not feeds or p.exact:
-            return None
-        from . import tune
+    def _apply(self, run: PassRun, numerics: NumericsCheck, labels) -> None:
+        """Run the pass (searched when a tolerance asks for it), check the model is valid, fill the log entry."""
+        from .search import Judge, tune_pass
 
-        if p.tuning_kind == "quantization":
-            return tune.tune_quantization(p, model, self.ctx, ref_out, feeds, labels, t)
-        if p.tuning_kind == "layers" and not t.layer_search:
-            return None
-        if p.tuning_kind == "layers":
-            later_lossy = [q.name for q in self.passes[self.passes.index(p) + 1:] if not q.exact]
-            if later_lossy:
-                # leave half of the tolerance to the lossy passes after this one (e.g. INT8 after pruning): pruning
-                # to the full 1% left static INT8 nothing on the encoder, and the pipeline missed the tolerance
-                t = dataclasses.replace(t, criterion=dataclasses.replace(t.criterion, tolerance=t.criterion.tolerance / 2))
-                out = tune.tune_layers(p, p.layer_candidates(model), model, self.ctx, ref_out, feeds, labels, t)
-                out.result.notes.append(f"searched within half the tolerance, leaving the rest to {', '.join(later_lossy)}")
-                self.tuning.trials_run = t.trials_run  # the copy counted the trials
-                return out
-            return tune.tune_layers(p, p.layer_candidates(model), model, self.ctx, ref_out, feeds, labels, t)
-        return None
-
-    def _guard_reverts(self, p: Pass, before, after, result, outcome, entry) -> bool:
-        """Performance guard: a pass meant to speed things up that made the model slower is undone."""
-        t = self.tuning
-        if t is None or not t.guard or t.probe is None or p.exact or not result.modified:
-            return False
-        speed = (outcome.trials and next((r.get("speed") for r in outcome.trials if r.get("chosen")), None)) \
-            if outcome is not None else None
-        speed = speed or probe_compare(t.probe, before, after, self.ctx.cache)
-        entry["guard"] = {"speedup_vs_before": speed["median"], "interval": [speed["lo"], speed["hi"]],
-                          "rounds": speed["rounds"], "verdict": speed["verdict"]}
-        if speed["verdict"] != "slower":  # only a slowdown the intervals can show is reverted
-            return False
-        entry["status"] = "reverted"
-        entry["notes"].append(f"performance guard: {speed['median']:.2f}x vs the model before this pass (95% interval "
-                              f"{speed['lo']:.2f}-{speed['hi']:.2f}x, slower), so the pass was reverted; --force keeps it")
-        return True
-
-    def _final_guard(self, out: PipelineResult, original: onnx.ModelProto) -> None:
-        t = self.tuning
-        if t is None or not t.guard or t.probe is None or not any(e.get("status") == "ok" and e.get("modified") for e in out.log):
-            return
-        speed = probe_compare(t.probe, original, out.model, self.ctx.cache)
-        slower = speed["verdict"] == "slower"
-        out.final_guard = {"speedup_vs_input": speed["median"], "interval": [speed["lo"], speed["hi"]],
-                           "rounds": speed["rounds"], "verdict": speed["verdict"], "kept": not slower}
-        if slower:
-            out.model = original
-            out.outputs = out.reference_outputs
-            out.missed = []
-            out.final_guard["note"] = (f"the optimized model ran {speed['median']:.2f}x vs the input model (95% interval "
-                                       f"{speed['lo']:.2f}-{speed['hi']:.2f}x, slower): the artifact holds the input "
-                                       "model unchanged; --force keeps the optimized one")
+        p, model, entry = run.p, run.before, run.entry
+        try:
+            if self.tuning is not None:
+                later = [q.name for q in self.passes[self.passes.index(p) + 1:] if not q.exact]
+                judge = Judge(model, self.ctx, numerics.ref, numerics.feeds, labels, self.tuning)
+                run.outcome = tune_pass(p, judge, later)
+            run.result = run.outcome.result if run.outcome is not None else run_pass(p, model, self.ctx)
+        except PassError as e:  # the same class (an Unsupported refusal keeps its exit code 2)
+            raise type(e)(f"pass {p.name!r} failed: {e.what}" + _after(run.done), e.hint) from e
+        except Exception as e:
+            raise PassError(f"pass {p.name!r} failed: {type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
+                            + _after(run.done), "rerun with --debug for the traceback, or drop the pass") from e
+        new = run.result.model
+        try:
+            onnx.checker.check_model(new) if model_bytes(new) < 2_000_000_000 else None
+        except Exception as e:
+            raise PassError(f"pass {p.name!r} produced an invalid model: {str(e).splitlines()[0][:300]}" + _after(run.done),
+                            "report the model; drop the pass to continue") from e
+        entry.update({"modified": run.result.modified, "nodes_after": len(new.graph.node), "bytes_after": model_bytes(new),
+                      "notes": run.result.notes, **({"metrics": run.result.metrics} if run.result.metrics else {})})
+        if getattr(run.result, "cached", False):
+            entry["cached"] = True  # answered by the pass cache (optkit.cache): not recomputed
+        if run.outcome is not None:
+            entry["trials"] = run.outcome.trials
+            entry["validations"] = sum(1 for r in run.outcome.trials if "error" not in r and "ok" in r)
+            entry["trials_cached"] = sum(1 for r in run.outcome.trials if r.get("cached"))
 
 
 def _after(done: list[str]) -> str:

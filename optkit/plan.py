@@ -17,7 +17,7 @@ def plan(model, recipe, *, data=None, eval_data=None, shapes=None, output="optki
     from .fidelity import parse_metric
     from .measure import parse_backends
     from .recipe import Recipe, load_recipe
-    from .tune import parse_budget, parse_tolerance
+    from .search import parse_budget, parse_tolerance
     from .verdict import recipe_sha256
 
     rec = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)

@@ -13,7 +13,7 @@ from optkit.evaluate import Evaluator, SpeedProbe, median_ci
 from optkit.fidelity import infer_kind
 from optkit.hw import ort_int8_kernels
 from optkit.recipe import parse_recipe
-from optkit.tune import Criterion
+from optkit.search import Criterion
 
 STATIC_ONLY = parse_recipe({"backend": "ort", "passes": [{"int8-static": {"calibration": "minmax"}}]}, "test", "static")
 
@@ -149,7 +149,7 @@ def test_dense_maps_sequences_and_integers_each_get_their_kind():
 
 def test_metric_override_per_output_and_unknown_kinds_are_errors():
     from optkit.errors import InputError
-    from optkit.tune import make_criterion
+    from optkit.search import make_criterion
 
     crit = make_criterion("1%", "probs=cosine,state=ignore")
     ref = [{"probs": np.array([[0.5, 0.48, 0.02]], np.float32), "state": np.zeros((1, 4), np.float32)}]

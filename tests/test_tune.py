@@ -11,7 +11,7 @@ from onnx import TensorProto, helper, numpy_helper
 import optkit
 from optkit.errors import InputError, ToleranceMiss
 from optkit.recipe import parse_recipe
-from optkit.tune import Criterion, parse_budget, parse_tolerance
+from optkit.search import Criterion, parse_budget, parse_tolerance
 
 
 def _save(model, path):
@@ -132,6 +132,8 @@ def test_layer_search_compresses_tolerant_layers_only(tmp_path):
     entry = man["pass_log"][0]
     chosen = next(t for t in entry["trials"] if t.get("chosen"))
     assert chosen["layers"] == ["tolerant"]
+    # ranked once from the SVD truncation errors of the all-layers build: no layer compressed alone to probe it
+    assert not any(t.get("probe") == "sensitivity" for t in entry["trials"]) and "ranking" in entry["trials"][0]
     assert set(entry["metrics"]["layers"]) >= {"tolerant"} and man["tolerance"]["passed"]
     names = {n.name for n in onnx.load(man["artifact"] + "/model.onnx").graph.node}
     assert "sensitive" in names and "tolerant" not in names
@@ -236,41 +238,48 @@ def test_layer_search_leaves_half_the_tolerance_to_later_lossy_passes(tmp_path):
     assert all(t["threshold"] == pytest.approx(0.99) for t in lr["trials"] if "threshold" in t)
 
 
-def test_fallback_search_gallops_then_bisects_to_any_k(monkeypatch):
+def test_fallback_search_gallops_then_bisects_to_any_k():
     """k float-kept nodes: 1, 2, 4, 8 (first pass) then bisect to the smallest passing k = 5 (never reachable with
     the old 1, 2, 3, 4, 8 schedule); 6 validations for 10 ranked nodes."""
-    import optkit.tune as tune_mod
+    from optkit.search.quant import fallback_search
+    from optkit.search.trials import Tuning
 
     calls = []
-
-    def fake_trial(p_cls, cfg, model, ctx, ref_out, feeds, labels, tuning, label, before):
-        k = label["k"]
-        calls.append(k)
-        tuning.trials_run += 1
-        ok = k >= 5
-        judged = {"ok": ok, "margin": k - 5.0, "metric": "cosine", "value": 0.99, "threshold": 0.99}
-        return object(), judged, {**label, "ok": ok, "margin": k - 5.0}
-
-    monkeypatch.setattr(tune_mod, "_trial", fake_trial)
 
     @dataclass(frozen=True)
     class Cfg:
         exclude_nodes: tuple = ()
 
-    class P:
-        config = Cfg()
+    class P:  # a Configurable pass: restrict() keeps nodes in float
+        name = "p"
+
+        def __init__(self, config=Cfg()):
+            self.config = config
+
+        def restrict(self, nodes):
+            return P(Cfg(tuple(self.config.exclude_nodes) + tuple(nodes)))
+
+    class FakeJudge:
+        def __init__(self, tuning):
+            self.tuning = tuning
+
+        def trial(self, p, label):
+            k = label["k"]
+            assert list(p.config.exclude_nodes) == label["fallback_float"] and len(label["fallback_float"]) == k
+            calls.append(k)
+            self.tuning.trials_run += 1
+            ok = k >= 5
+            judged = {"ok": ok, "margin": k - 5.0, "metric": "cosine", "value": 0.99, "threshold": 0.99}
+            return object(), judged, {**label, "ok": ok, "margin": k - 5.0}
 
     ranking = [(f"n{i}", 1.0 / (i + 1)) for i in range(10)]
-    trials: list = []
-    found, misses = tune_mod.fallback_search(None, P(), Cfg(), ranking, None, None, None, [], None,
-                                             tune_mod.Tuning(max_trials=50), trials)
+    found, misses = fallback_search(P(), P(), ranking, FakeJudge(Tuning(max_trials=50)), [])
     assert calls == [1, 2, 4, 8, 6, 5]
     assert found[3]["k"] == 5 and found[3]["fallback_float"] == ["n0", "n1", "n2", "n3", "n4"]
     assert "smallest passing k = 5" in found[3]["search"] and len(misses) == 3
     # a budget of 3 stops the search early; the best pass so far (k = 4 misses, none passes) is None
     calls.clear()
-    found, _ = tune_mod.fallback_search(None, P(), Cfg(), ranking, None, None, None, [], None,
-                                        tune_mod.Tuning(max_trials=3), [])
+    found, _ = fallback_search(P(), P(), ranking, FakeJudge(Tuning(max_trials=3)), [])
     assert calls == [1, 2, 4] and found is None
 
 
@@ -292,3 +301,26 @@ def test_static_configurations_share_one_calibration(tmp_path):
         assert any("calibration ranges reused" in n for n in res.notes), cfg
     other = get_pass("int8-static")({"calibration": "minmax"}).run(m, ctx)  # another method: calibrated again
     assert not any("reused" in n for n in other.notes)
+
+
+def test_passes_join_the_search_through_protocols_not_names():
+    """The search dispatches on optkit.search.protocols, never on a pass's name: INT8 passes are Configurable, the
+    layer-wise passes Layered, exact passes neither; restrict()/only() build the restricted pass without touching
+    the original's config."""
+    from optkit.passes import get_pass
+    from optkit.search import Configurable, Layered
+
+    static, dyn = get_pass("int8-static")(), get_pass("int8-dynamic")()
+    assert isinstance(static, Configurable) and isinstance(dyn, Configurable) and not isinstance(static, Layered)
+    for name in ("prune", "lowrank"):
+        p = get_pass(name)()
+        assert isinstance(p, Layered) and not isinstance(p, Configurable)
+        q = p.only(["a"], ["a", "b", "c"])
+        assert list(q.config.skip) == ["b", "c"] and list(p.config.skip) == []
+    for name in ("simplify", "fuse", "fp16"):
+        assert not isinstance(get_pass(name)(), (Configurable, Layered))
+    space = static.search_space()
+    assert space[0] == static.config and len(space) == len(set(map(repr, space)))
+    r = static.restrict(["n1", "n2"])
+    assert list(r.config.exclude_nodes) == ["n1", "n2"] and list(static.config.exclude_nodes) == []
+    assert static.alternative().name == "int8-dynamic" and dyn.alternative() is None

@@ -61,14 +61,11 @@ class Pass:
     doc: ClassVar[str] = ""
     Config: ClassVar[type[PassConfig]] = PassConfig
     exact: ClassVar[bool] = True
-    # How --tolerance searches this pass: "quantization" (configurations + float fallback of sensitive nodes),
-    # "layers" (per-layer compression; implement layer_candidates and give the config a `skip` list), or None.
-    tuning_kind: ClassVar[str | None] = None
+    # How --tolerance searches a pass: the protocols in optkit.search.protocols (Configurable: search_space /
+    # restrict / alternative; Layered: layer_candidates / layer_errors / only). A pass in neither is run as written.
+
     # whether the output depends on ctx.samples (then the feeds' bytes are part of the pass-cache key)
     reads_samples: ClassVar[bool] = True
-
-    def layer_candidates(self, model: onnx.ModelProto) -> list[str]:
-        return []
 
     def __init__(self, config: PassConfig | dict | None = None):
         if config is None or isinstance(config, dict):

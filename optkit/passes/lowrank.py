@@ -14,6 +14,7 @@ usually do far better. The pass is not exact: the pipeline reports its output dr
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -246,12 +247,20 @@ class LowRank(Pass):
     doc = "Truncated-SVD factorization of MatMul/Gemm/1x1-Conv weights (rank by energy, FLOP budget or per layer); lossy."
     Config = LowRankConfig
     exact = False
-    tuning_kind = "layers"
 
     def layer_candidates(self, model: onnx.ModelProto) -> list[str]:
         """Layers --tolerance searches over: factorizable, not skipped, large enough to be worth it."""
         return [d["name"] for d in factorizable_layers(model, min_size=self.config.min_size, skip=self.config.skip,
                                                        singular_values=False)]
+
+    def only(self, layers: list[str], among: list[str]) -> "LowRank":
+        cfg = self.config
+        return type(self)(dataclasses.replace(cfg, skip=type(cfg.skip)([*cfg.skip, *(n for n in among if n not in layers)])))
+
+    def layer_errors(self, result: PassResult) -> dict[str, float] | None:
+        """The relative Frobenius error of each factorized weight, ||W - AB|| / ||W|| (0 for a layer kept whole)."""
+        layers = (result.metrics or {}).get("layers")
+        return {name: float(m.get("rel_error", 0.0)) for name, m in layers.items()} if layers else None
 
     def run(self, model: onnx.ModelProto, ctx: Context) -> PassResult:
         cfg: LowRankConfig = self.config

@@ -34,6 +34,7 @@ nothing from that; it is for sparse-capable backends (TensorRT sparse tactics on
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 
@@ -925,11 +926,20 @@ class Prune(Pass):
     doc = "Structured pruning: remove low-norm Conv channels and MLP/FFN neurons, shrinking every consumer (not exact)."
     Config = PruneConfig
     exact = False
-    tuning_kind = "layers"
 
+    # the tolerance search (optkit.search.protocols.Layered)
     def layer_candidates(self, model: onnx.ModelProto) -> list[str]:
         """Layers --tolerance searches over: prunable and not in ``skip``."""
         return [n for n in prunable_layers(model) if n not in self.config.skip]
+
+    def layer_errors(self, result: PassResult) -> dict[str, float] | None:
+        """The share of each layer's channel importance that the pruning removed (0 for a layer kept whole)."""
+        layers = (result.metrics or {}).get("layers")
+        return {n: float(m.get("importance_lost", 0.0)) for n, m in layers.items()} if layers else None
+
+    def only(self, layers: list[str], among: list[str]) -> "Prune":
+        cfg = self.config
+        return type(self)(dataclasses.replace(cfg, skip=type(cfg.skip)([*cfg.skip, *(n for n in among if n not in layers)])))
 
     def run(self, model: onnx.ModelProto, ctx: Context) -> PassResult:
         cfg: PruneConfig = self.config
@@ -974,7 +984,10 @@ class Prune(Pass):
         for layer in active:
             k = counts[layer.name]
             keep = np.sort(np.argsort(-imp[layer.name], kind="stable")[:k]).astype(np.int64)
-            metrics_layers[layer.name] = {"kept": int(k), "total": int(layer.n), "ratio": round(1 - k / layer.n, 4)}
+            total_imp = float(np.sum(imp[layer.name]))
+            lost = 1.0 - float(np.sum(imp[layer.name][keep])) / total_imp if total_imp > 0 else 0.0
+            metrics_layers[layer.name] = {"kept": int(k), "total": int(layer.n), "ratio": round(1 - k / layer.n, 4),
+                                          "importance_lost": round(lost, 6)}
             if k < layer.n:
                 chosen.append((layer, keep))
                 notes.append(f"{layer.name} {layer.n}\u2192{k} ({cfg.importance})")

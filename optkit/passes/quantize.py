@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
 import io
 import logging
 import shutil
@@ -18,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from ..errors import PassError
+from ..errors import PassError, Unsupported
 from ..hw import int8_choice
 from ..model import EXTERNAL_DATA_THRESHOLD, float16_compute, opsets, save_model, tensor_bytes, toposort
 from . import Context, Pass, PassConfig, PassResult, option, register_pass
@@ -33,7 +34,7 @@ def prepare_for_quantization(model: onnx.ModelProto, notes: list[str]) -> onnx.M
 
     fp16 = float16_compute(model)
     if fp16:  # onnxruntime.quantization calibrates and quantizes float32 tensors only
-        raise PassError(f"INT8 quantization needs float32 weights, but {len(fp16)} node(s) compute on float16 weights "
+        raise Unsupported(f"INT8 quantization needs float32 weights, but {len(fp16)} node(s) compute on float16 weights "
                         f"directly (e.g. {fp16[0]})", "use the fp16-ort or fp32-ort recipe, or export the model in float32")
     flow = [f"{n.op_type} {n.name or n.output[0]!r}" for n in model.graph.node if n.op_type in ("If", "Loop", "Scan")]
     if flow:
@@ -110,6 +111,21 @@ def _run_quantizer(fn, model: onnx.ModelProto, **kwargs) -> onnx.ModelProto:
     return toposort(out)  # ORT's sort ignores the outer-scope values If/Loop/Scan bodies read
 
 
+def _unique(configs: list) -> list:
+    out = []
+    for c in configs:
+        if c not in out:
+            out.append(c)
+    return out
+
+
+def _with_excluded(p: Pass, nodes: list[str]) -> Pass:
+    """The same pass with ``nodes`` added to exclude_nodes (kept in float)."""
+    cfg = p.config
+    more = [n for n in nodes if n not in cfg.exclude_nodes]
+    return type(p)(dataclasses.replace(cfg, exclude_nodes=type(cfg.exclude_nodes)([*cfg.exclude_nodes, *more])))
+
+
 @dataclass(frozen=True)
 class DynamicConfig(PassConfig):
     per_channel: bool = option(True, "per-output-channel weight scales (kept cosine ~0.993 vs ~0.97 per-tensor on MiniLM)")
@@ -136,7 +152,17 @@ class Int8Dynamic(Pass):
     doc = "Dynamic INT8 (weights INT8 offline, activations quantized at run time); no calibration data needed."
     Config = DynamicConfig
     exact = False
-    tuning_kind = "quantization"
+
+    # the tolerance search (optkit.search.protocols.Configurable)
+    def search_space(self) -> list[DynamicConfig]:
+        base = self.config
+        return _unique([base, dataclasses.replace(base, per_channel=not base.per_channel)])
+
+    def restrict(self, nodes: list[str]) -> "Int8Dynamic":
+        return _with_excluded(self, nodes)
+
+    def alternative(self) -> None:
+        return None
 
     def run(self, model: onnx.ModelProto, ctx: Context) -> PassResult:
         from onnxruntime.quantization import QuantType, quantize_dynamic
@@ -315,7 +341,28 @@ class Int8Static(Pass):
     doc = "Static INT8 with calibrated activation ranges (QDQ by default), types chosen for the host ISA."
     Config = StaticConfig
     exact = False
-    tuning_kind = "quantization"
+
+    # the tolerance search (optkit.search.protocols.Configurable)
+    def search_space(self) -> list[StaticConfig]:
+        """The recipe's configuration first; then compute ops only (Softmax / LayerNorm / residual Add / GELU /
+        pooling inputs stay in float, where outlier-heavy graphs such as transformers lose most under static INT8,
+        while the MatMul/Conv/Gemm work still runs in INT8), other calibrations, the other weight granularity and the
+        other format."""
+        base, rep = self.config, dataclasses.replace
+        out = [base]
+        if not base.op_types:
+            out.append(rep(base, op_types=type(base.op_types)(["Conv", "MatMul", "Gemm"])))
+        out += [rep(base, calibration="entropy"), rep(base, calibration="percentile", percentile=99.999),
+                rep(base, calibration="percentile", percentile=99.99), rep(base, per_channel=not base.per_channel),
+                rep(base, format="qoperator" if base.format == "qdq" else "qdq")]
+        return _unique(out)
+
+    def restrict(self, nodes: list[str]) -> "Int8Static":
+        return _with_excluded(self, nodes)
+
+    def alternative(self) -> Pass:
+        """Dynamic INT8 (weights only, activations quantized per run) often holds where static cannot."""
+        return Int8Dynamic()
 
     def run(self, model: onnx.ModelProto, ctx: Context) -> PassResult:
         from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static

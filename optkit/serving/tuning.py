@@ -49,7 +49,7 @@ class _Job:
 
 def _validate(objective: str, sampler: str, slo, tolerance, rounds: int, round_time: float):
     """Everything checked before any work: -> (sampler, SLO terms)."""
-    from ..tune import parse_tolerance
+    from ..search import parse_tolerance
 
     if objective not in OBJECTIVES:
         raise InputError(f"--objective must be one of {', '.join(OBJECTIVES)}; got {objective!r}", "pick one")
@@ -90,7 +90,7 @@ def _prepare(target, output, name, backends, precisions, threads, batches, data,
     from ..backends import backend_names
     from ..data import get_samples
     from ..model import load_model, sha256_file, signature
-    from ..tune import make_criterion
+    from ..search import make_criterion
 
     be_names = parse_names(backends, "backends", tuple(backend_names()))
     precs = parse_names(precisions, "precisions", PRECISIONS)
