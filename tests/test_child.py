@@ -81,8 +81,13 @@ def test_a_hanging_trial_costs_that_trial_only(tmp_path):
     hang.write_text("import time; time.sleep(60)\n")
     ex = LocalExecutor(worker=str(hang))
     res = ex.submit(TrialSpec("ort-fp32", 1, 1, timeout=2))
-    assert res["status"] == "failed" and "timed out after 2 s" in res["error"]
+    assert res["status"] == "failed" and res["cause"] == "timeout"
     bad = tmp_path / "bad.py"
     bad.write_text("import sys; print('no result here'); print('boom', file=sys.stderr); sys.exit(4)\n")
     res = LocalExecutor(worker=str(bad)).submit(TrialSpec("ort-fp32", 1, 1, timeout=30))
-    assert res["status"] == "failed" and "exited with code 4" in res["error"] and "boom" in res["error"]
+    assert res["status"] == "failed" and (res["cause"], res["returncode"], res["signal"]) == ("exit", 4, None)
+    assert "boom" in res["error"]  # the child's last stderr line travels with the failure
+    crash = tmp_path / "crash.py"
+    crash.write_text("import os, signal; os.kill(os.getpid(), signal.SIGKILL)\n")
+    res = LocalExecutor(worker=str(crash)).submit(TrialSpec("ort-fp32", 1, 1, timeout=30))
+    assert (res["status"], res["cause"], res["signal"]) == ("failed", "signal", "SIGKILL")

@@ -41,3 +41,30 @@ def test_compare_backends_only_when_several(monkeypatch):
     assert api.compare_backends({"artifact": "a"}) is None and calls == []
     assert api.compare_backends({"artifact": "a", "backends": {"ort": {}, "tvm": {}}}) == {"rows": []}
     assert calls == [("a", {"backend": "ort,tvm", "rounds": 3, "round_time": 0.3, "warn": None})]
+
+
+def test_an_import_interrupted_by_a_signal_is_an_interrupt(capsys):
+    """A pybind11 module whose import a SIGTERM interrupts raises ImportError('initialization failed') from the
+    KeyboardInterrupt: the CLI reports the interrupt (exit 130), not an internal error (exit 1)."""
+    import typer
+
+    from optkit.cli.common import _guard
+
+    @_guard
+    def cmd():
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt as e:
+            raise ImportError("initialization failed") from e
+
+    @_guard
+    def bug():
+        raise ImportError("initialization failed")
+
+    for fn, code in ((cmd, 130), (bug, 1)):
+        try:
+            fn()
+        except typer.Exit as e:
+            assert e.exit_code == code
+        else:
+            raise AssertionError("no exit")

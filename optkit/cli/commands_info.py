@@ -72,6 +72,7 @@ def bench(
             _warn(f"machine loaded while timing: load average {max(ld['before'], ld['after']):.1f} on {ld['cores']} "
                   "core(s): every row carries other processes' noise")
         _bench_gates(res, min_speedup, min_cosine, min_top1)
+        return
     for _, text in noise_rules(res):
         _warn(text)
     print_bench(res, man)

@@ -100,6 +100,24 @@ def _import_options(module, dtype, dynamic, opset, exporter, input_names, output
     return opts
 
 
+def _caused_by_interrupt(e: BaseException) -> bool:
+    seen = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, KeyboardInterrupt):
+            return True
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return False
+
+
+def _interrupted() -> None:
+    from ..artifact import committed
+
+    what = (f"{committed[-1]} was complete and is kept" if committed else "nothing written")
+    err.print(f"[bold red]interrupted[/], {escape(what)}", markup=True, highlight=False)
+    raise typer.Exit(130)
+
+
 def _guard(fn):
     """One actionable line and a non-zero exit for errors; the traceback only with --debug."""
 
@@ -117,16 +135,14 @@ def _guard(fn):
         except KeyboardInterrupt:  # Ctrl-C, and SIGTERM/SIGHUP (main() turns them into this)
             if _DEBUG:
                 raise
-            from ..artifact import committed
-
-            what = (f"{committed[-1]} was complete and is kept" if committed else "nothing written")
-            err.print(f"[bold red]interrupted[/], {escape(what)}", markup=True, highlight=False)
-            raise typer.Exit(130)
+            _interrupted()
         except (typer.Exit, typer.Abort):
             raise
         except Exception as e:  # an optkit bug or a library failure we did not anticipate
             if _DEBUG:
                 raise
+            if _caused_by_interrupt(e):  # e.g. a pybind11 module's ImportError raised from an interrupted import
+                _interrupted()
             first = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
             err.print(f"[bold red]internal error:[/] {type(e).__name__}: {escape(first)} (rerun with --debug for the traceback)",
                       markup=True, highlight=False)

@@ -81,7 +81,7 @@ class LocalExecutor:
                         env=child_env())
         if run.timed_out:
             return {"status": "failed", "error": f"timed out after {spec.timeout:g} s (child killed)",
-                    "seconds": run.seconds}
+                    "cause": "timeout", "seconds": run.seconds}
         for line in reversed(run.stdout.splitlines()):
             if line.startswith(RESULT_MARK):
                 res = json.loads(line[len(RESULT_MARK):])
@@ -89,6 +89,7 @@ class LocalExecutor:
                 return res
         tail = [ln for ln in run.stderr.strip().splitlines() if ln.strip()][-1:]
         return {"status": "failed", "error": f"child process {run.why()}" + (f": {tail[0][:300]}" if tail else ""),
+                "cause": "signal" if run.signal else "exit", "signal": run.signal, "returncode": run.returncode,
                 "seconds": run.seconds}
 
     def run_many(self, specs: list[TrialSpec]) -> list[dict]:
