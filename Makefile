@@ -26,6 +26,8 @@ demo: install
 	$(OPTKIT) bench $(DEMO)/digits_cnn/1 --data examples/digits/test.npz --export-times $(DEMO)/times.json
 
 test: install
+	# the layers and the passes/backends/importers wall ([tool.importlinter] in pyproject.toml)
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q
 
 test-slow: install

@@ -39,6 +39,11 @@ committed: list[Path] = []
 
 
 # -- names -----------------------------------------------------------------------------------------------------
+def model_name(path: Path) -> str:
+    """The default artifact name of a model file: its stem with anything but [A-Za-z0-9._-] replaced."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", Path(path).stem) or "model"
+
+
 def check_name(name) -> str:
     """An artifact name is one path component: no separators, not '.'/'..', no leading dot, no NUL."""
     if not isinstance(name, str) or not name.strip():

@@ -30,6 +30,9 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from .data import feeds_digest  # noqa: F401  (re-exported: the digests live with the data and the model)
+from .model import model_digest  # noqa: F401
+
 DEFAULT_MAX_BYTES = 5 * 1024 ** 3
 # what lives under the root: pass results, model outputs on feeds, speed-probe results, calibration ranges
 KINDS = ("passes", "outputs", "speed", "sensitivity", "calibration")
@@ -63,34 +66,6 @@ def _code_fingerprint(module_file: str | None) -> str:
                 h.update(f.encode())
         _FINGERPRINTS[key] = h.hexdigest()
     return _FINGERPRINTS[key]
-
-
-def model_digest(model: onnx.ModelProto) -> str:
-    return hashlib.sha256(model.SerializeToString(deterministic=True)).hexdigest()
-
-
-def feeds_digest(samples) -> str:
-    """sha256 of the feeds' names, dtypes, shapes and bytes (and labels), in order."""
-    if samples is None:
-        return "none"
-    cached = getattr(samples, "_optkit_digest", None)
-    if cached is not None and cached[0] == len(samples.feeds):
-        return cached[1]
-    h = hashlib.sha256()
-    for f in samples.feeds:
-        for k in sorted(f):
-            a = np.ascontiguousarray(f[k])
-            h.update(f"{k}:{a.dtype.str}:{a.shape}".encode())
-            h.update(a.data)
-    for lab in samples.labels or []:
-        h.update(np.ascontiguousarray(lab).data)
-    h.update(f"synthetic={getattr(samples, 'synthetic', False)}".encode())
-    d = h.hexdigest()
-    try:
-        samples._optkit_digest = (len(samples.feeds), d)
-    except AttributeError:
-        pass
-    return d
 
 
 class PassCache:

@@ -1,6 +1,7 @@
 """Sample inputs: loaded from ``--data`` (.npz file, directory, or stacked .npz) or synthesized from the signature."""
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -302,3 +303,27 @@ def get_samples(model: onnx.ModelProto, data: str | Path | None, shapes: dict[st
                                      "drop --shape or make the data match")
         return s
     return synthetic_samples(model, shapes, n=n_synthetic)
+
+
+def feeds_digest(samples) -> str:
+    """sha256 of the feeds' names, dtypes, shapes and bytes (and labels), in order."""
+    if samples is None:
+        return "none"
+    cached = getattr(samples, "_optkit_digest", None)
+    if cached is not None and cached[0] == len(samples.feeds):
+        return cached[1]
+    h = hashlib.sha256()
+    for f in samples.feeds:
+        for k in sorted(f):
+            a = np.ascontiguousarray(f[k])
+            h.update(f"{k}:{a.dtype.str}:{a.shape}".encode())
+            h.update(a.data)
+    for lab in samples.labels or []:
+        h.update(np.ascontiguousarray(lab).data)
+    h.update(f"synthetic={getattr(samples, 'synthetic', False)}".encode())
+    d = h.hexdigest()
+    try:
+        samples._optkit_digest = (len(samples.feeds), d)
+    except AttributeError:
+        pass
+    return d

@@ -59,6 +59,15 @@ class Evaluator:
 
 # -- speed decisions above the noise ----------------------------------------------------------------------------
 
+def _time_for(run, feed, min_runs: int, min_seconds: float) -> list[float]:
+    out, start = [], time.perf_counter()
+    while len(out) < min_runs or time.perf_counter() - start < min_seconds:
+        t0 = time.perf_counter()
+        run(feed)
+        out.append(time.perf_counter() - t0)
+    return out
+
+
 def _binom_cdf(k: int, n: int) -> float:
     from math import comb
 
@@ -92,8 +101,6 @@ class SpeedProbe:
     time_cap: float = 6.0
 
     def compare(self, base: onnx.ModelProto, cand: onnx.ModelProto) -> dict:
-        from .measure import _time_for
-
         t_start = time.monotonic()
         with self.evaluator.session(base) as a, self.evaluator.session(cand) as b:
             for s in (a, b):

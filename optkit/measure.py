@@ -16,6 +16,7 @@ from .backends import get_backend
 from .data import Samples, get_samples
 from .env import environment
 from .errors import BackendUnavailable, InputError
+from .evaluate import _time_for
 from .metrics import compare, top1
 from .model import load_model, sha256_file
 from .predictor import artifact_backend, backend_options, load_path
@@ -34,15 +35,6 @@ def stats(times_s: list[float], batch: int = 1) -> dict:
             "throughput": float(batch * 1e3 / mean) if mean else 0.0, "batch": batch,
             "hist": {"edges_ms": [round(float(e), 5) for e in edges], "counts": [int(c) for c in counts],
                      "above": int((t > hi).sum())}}
-
-
-def _time_for(run, feed, min_runs: int, min_seconds: float) -> list[float]:
-    out, start = [], time.perf_counter()
-    while len(out) < min_runs or time.perf_counter() - start < min_seconds:
-        t0 = time.perf_counter()
-        run(feed)
-        out.append(time.perf_counter() - t0)
-    return out
 
 
 def time_sessions(sessions: dict, feed: dict, *, rounds: int = 5, round_runs: int = 20, round_time: float = 0.5,

@@ -373,3 +373,8 @@ def node_attr(node: onnx.NodeProto, name: str, default=None):
 def layer_name(node: onnx.NodeProto) -> str:
     """How passes and recipes name a layer: the node name, else its first output."""
     return node.name or (node.output[0] if node.output else node.op_type)
+
+
+def model_digest(model: onnx.ModelProto) -> str:
+    """sha256 of the model's deterministic serialization (the pass cache and calibration keys)."""
+    return hashlib.sha256(model.SerializeToString(deterministic=True)).hexdigest()

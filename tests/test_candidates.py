@@ -10,7 +10,7 @@ import numpy as np
 import onnx
 import pytest
 
-from optkit.search import candidates as cmod
+from optkit import candidates as cmod
 from optkit.passes import Context
 from optkit.pipeline import PipelineResult
 from optkit.search import Criterion, Tuning
@@ -120,3 +120,21 @@ def test_screened_judgment_is_in_the_pass_log(monkeypatch):
     result, rows, _ = _go(table, monkeypatch)
     judged = result.log[-1]["tolerance"]
     assert judged["ok"] and judged["threshold"] == pytest.approx(0.99)
+
+
+def test_simpler_candidates_are_recovered_first(monkeypatch):
+    """A compound candidate (two lossy passes) that screened fastest must not spend the budget before the one-pass
+    candidate is secured."""
+    table = {"fp32": {"screen": (REF, 1.0)},
+             "prune-int8": {"screen": (FAR, 2.2), "recover": (FAR, 1.9)},
+             "int8": {"screen": (FAR, 1.7), "recover": (NEAR, 1.6)}}
+    ran = _world(table, monkeypatch)
+    tuning = Tuning(criterion=Criterion("cosine", 0.01), probe=object(), guard=True)
+    prefix = PipelineResult(onnx.ModelProto(doc_string="input"), [], REF, REF, [])
+    evals = SimpleNamespace(feeds=[{"x": np.zeros(1)}], labels=None)
+    cands = [("fp32", [_Pass("fp32")]), ("prune-int8", [_Pass("prune-int8"), _Pass("prune-int8")]),
+             ("int8", [_Pass("int8")])]
+    result, rows = cmod.pick_candidate(prefix, cands, Context(), tuning, prefix.model, None, evals, 64)
+    recovered = [c for c, phase in ran if phase == "recover"]
+    assert recovered == ["int8", "prune-int8"]
+    assert {r["candidate"]: r for r in rows}["int8"]["chosen"]

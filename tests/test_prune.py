@@ -9,6 +9,7 @@ from onnx import TensorProto, helper, numpy_helper
 import optkit.passes.prune as prune_mod
 from optkit.data import Samples
 from optkit.errors import PassError, RecipeError
+from optkit.evaluate import Evaluator
 from optkit.passes import Context
 from optkit.passes.prune import Prune, Sparsify, prunable_layers
 from optkit.pipeline import run_model
@@ -137,7 +138,9 @@ def test_half_of_the_channels_shrinks_every_consumer():
     feeds = _feeds(m)
     y = run_model(out, feeds)
     assert y[0]["logits"].shape == (2, 10)
-    assert res.metrics["layers"]["conv1"] == {"kept": 8, "total": 16, "ratio": 0.5}
+    conv1 = dict(res.metrics["layers"]["conv1"])
+    lost = conv1.pop("importance_lost")  # what the layer search ranks layers by: the importance share removed
+    assert conv1 == {"kept": 8, "total": 16, "ratio": 0.5} and 0 < lost < 0.5  # the least important half went
     assert res.metrics["params_after"] < res.metrics["params_before"]
     assert "conv1 16\u21928 (l1)" in res.notes
     assert any(n.startswith("skipped fc:") and "graph output" in n for n in res.notes)
@@ -171,7 +174,7 @@ def test_skip_and_per_layer_overrides():
     assert any("skipped conv1: in the skip list" in n for n in res.notes)
     res = _run(cnn(), ratio=0.0, min_channels=1, layers={"conv2": 0.75})
     assert res.modified and _w(res.model, "conv1").shape[0] == 16 and _w(res.model, "conv2").shape[0] == 4
-    assert res.metrics["layers"]["conv2"] == {"kept": 4, "total": 16, "ratio": 0.75}
+    assert {k: v for k, v in res.metrics["layers"]["conv2"].items() if k != "importance_lost"} == {"kept": 4, "total": 16, "ratio": 0.75}
 
 
 def _conv_pair(w1):
@@ -343,7 +346,7 @@ def test_ffn_dead_neurons_are_removed_exactly(act, opset):
     dead = list(range(1, 32, 2))
     m = mlp(hidden=32, act=act, dead=dead, rank3=True, opset=opset)
     res = _run(m, ratio=0.5)
-    assert res.metrics["layers"]["fc1"] == {"kept": 16, "total": 32, "ratio": 0.5}
+    assert {k: v for k, v in res.metrics["layers"]["fc1"].items() if k != "importance_lost"} == {"kept": 16, "total": 32, "ratio": 0.5}
     np.testing.assert_array_equal(_w(res.model, "fc2"), np.delete(_w(m, "fc2"), dead, axis=0))
     assert _max_diff(m, res.model, _feeds(m)) < 1e-5
 
@@ -415,7 +418,7 @@ def test_bias_compensation_folds_removed_constant_channels():
     plain = _run(m, **opts)
     assert _max_diff(m, plain.model, feeds) > 1e-3
     assert any("bias compensation skipped: no samples" in n for n in plain.notes)
-    res = Prune(opts).run(m, Context(samples=_samples(m)))
+    res = Prune(opts).run(m, Context(samples=_samples(m), evaluator=Evaluator()))
     onnx.checker.check_model(res.model, full_check=True)
     assert _w(res.model, "conv1").shape[0] == 8 and _w(res.model, "conv2").shape == (8, 8, 1, 1)
     assert _w(res.model, "conv2", 2).shape == (8,)  # a bias conv2 did not have
@@ -448,7 +451,7 @@ def test_bias_compensation_on_an_mlp(with_bias):
         del m.graph.node[:]
         m.graph.node.extend(nodes)
     feeds = _feeds(m)
-    res = Prune({"ratio": 0.5, "min_channels": 1}).run(m, Context(samples=_samples(m)))
+    res = Prune({"ratio": 0.5, "min_channels": 1}).run(m, Context(samples=_samples(m), evaluator=Evaluator()))
     onnx.checker.check_model(res.model, full_check=True)
     assert _w(res.model, "fc1").shape == (16, 16)
     assert [o.name for o in res.model.graph.output] == ["y"]
@@ -466,7 +469,7 @@ def test_bias_compensation_into_a_gemm_after_flatten(bias):
              helper.make_node("Relu", ["c1"], ["r1"]), helper.make_node("Flatten", ["r1"], ["flat"]),
              helper.make_node("Gemm", ["flat", "fw"] + (["fb"] if bias else []), ["y"], name="fc", beta=2.0)]
     m = _model(nodes, [_vi("x", [1, 3, 4, 4])], [_vi("y", [1, 10])], inits)
-    res = Prune({"ratio": 0.5}).run(m, Context(samples=_samples(m)))
+    res = Prune({"ratio": 0.5}).run(m, Context(samples=_samples(m), evaluator=Evaluator()))
     onnx.checker.check_model(res.model, full_check=True)
     assert _w(res.model, "fc").shape == (128, 10) and _w(res.model, "fc", 2).shape == (10,)
     assert _max_diff(m, res.model, _feeds(m)) < 1e-4
@@ -483,13 +486,49 @@ def test_activation_importance_removes_constant_channels_with_big_weights():
              helper.make_node("Conv", ["r1", "w2"], ["y"], name="conv2")]
     m = _model(nodes, [_vi("x", [2, 3, 4, 4])], [_vi("y", [2, 8, 4, 4])], inits)
     samples = _samples(m, const_channel=2)
-    by_l1 = Prune({"ratio": 0.5, "min_channels": 1}).run(m, Context(samples=samples))
+    by_l1 = Prune({"ratio": 0.5, "min_channels": 1}).run(m, Context(samples=samples, evaluator=Evaluator()))
     np.testing.assert_array_equal(_w(by_l1.model, "conv1"), w1[:8])  # L1 keeps the big constant filters
-    res = Prune({"ratio": 0.5, "min_channels": 1, "importance": "activation"}).run(m, Context(samples=samples))
+    res = Prune({"ratio": 0.5, "min_channels": 1, "importance": "activation"}).run(m, Context(samples=samples, evaluator=Evaluator()))
     np.testing.assert_array_equal(_w(res.model, "conv1"), w1[8:])
     assert any("importance: activation" in n for n in res.notes)
     assert _max_diff(m, res.model, samples.feeds) < 1e-4
 
+
+
+def test_prune_measures_activations_through_the_context_evaluator():
+    """The pass opens no backend: the activation statistics come from ctx.evaluate (the deployed evaluator)."""
+    m = _const_channels_cnn()
+    seen = []
+
+    class Spy:
+        def run(self, model, feeds):
+            seen.append(len(feeds))
+            return Evaluator().run(model, feeds)
+
+    opts = dict(ratio=0.0, layers={"conv1": 0.5}, min_channels=1)
+    res = Prune(opts).run(m, Context(samples=_samples(m), evaluator=Spy()))
+    ref = Prune(opts).run(m, Context(samples=_samples(m), evaluator=Evaluator()))
+    assert seen and seen[0] > 0
+    assert _max_diff(m, res.model, _feeds(m)) < 1e-4
+    for a, b in zip(res.model.graph.initializer, ref.model.graph.initializer):
+        np.testing.assert_array_equal(numpy_helper.to_array(a), numpy_helper.to_array(b))
+    with pytest.raises(PassError, match="evaluator"):
+        Prune(dict(ratio=0.5, importance="activation")).run(m, Context(samples=_samples(m)))
+
+
+def test_the_tracer_follows_the_rule_table(monkeypatch):
+    """Channel propagation is table-driven: an op without a rule stops the trace; giving it one (here: Shrink, an
+    elementwise op, the unary rule) makes the layer before it prunable, and the rewrite stays exact."""
+    from optkit.passes.prune import rules
+
+    m = mlp(hidden=32, act="Shrink", dead=range(16))
+    assert "fc1" not in prunable_layers(m)
+    assert "Shrink" not in rules.RULES
+    monkeypatch.setitem(rules.RULES, "Shrink", rules.RULES["Relu"])
+    assert "fc1" in prunable_layers(m)
+    res = _run(m, ratio=0.5, min_channels=1)
+    assert _w(res.model, "fc1").shape == (16, 16) and _w(res.model, "fc2").shape == (16, 8)
+    assert _max_diff(m, res.model, _feeds(m)) < 1e-5
 
 # ---------------------------------------------------------------------------------------------------------------
 # config and sparsify

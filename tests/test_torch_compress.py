@@ -12,6 +12,7 @@ import onnx  # noqa: E402
 from torch import nn  # noqa: E402
 
 from optkit.data import Samples  # noqa: E402
+from optkit.evaluate import Evaluator  # noqa: E402
 from optkit.model import flops as onnx_flops  # noqa: E402
 from optkit.passes import Context  # noqa: E402
 from optkit.passes.lowrank import LowRank  # noqa: E402
@@ -283,7 +284,7 @@ def test_prune_activation_importance_consistent_with_onnx_pass():
     _, rep_l1 = prune(m, 0.5, example_inputs=(X,))
     assert rep["layers"]["0"]["kept"] != rep_l1["layers"]["0"]["kept"]
     samples = Samples([{"x": c[0].numpy()} for c in calib], source="test")
-    res = Prune({"ratio": 0.5, "importance": "activation", "compensate": False}).run(export(m), Context(samples=samples))
+    res = Prune({"ratio": 0.5, "importance": "activation", "compensate": False}).run(export(m), Context(samples=samples, evaluator=Evaluator()))
     assert float(np.abs(run(pm) - ort(res.model)).max()) < 1e-4
 
 
@@ -439,7 +440,7 @@ def test_count_flops_matches_onnx_flops(model):
     (prune, {"scope": "model"}, "'scope' must be one of"),
     (prune, {"min_channels": 0}, "'min_channels' must be >= 1"),
     (prune, {"multiple_of": 0}, "'multiple_of' must be >= 1"),
-    (prune, {"layers": {"0": 1.5}}, "'layers' needs ratios"),
+    (prune, {"layers": {"0": 1.5}}, "'layers' needs values"),
     (prune, {"skip": "0"}, "'skip' must be a list"),
     (prune, {"example_inputs": "x"}, "example_inputs must be a tuple"),
     (lowrank, {"energy": 0.0}, "'energy' must be in"),
@@ -448,7 +449,7 @@ def test_count_flops_matches_onnx_flops(model):
     (lowrank, {"min_rank": 0}, "'min_rank' must be >= 1"),
     (lowrank, {"multiple_of": 0}, "'multiple_of' must be >= 1"),
     (lowrank, {"min_size": -1}, "'min_size' must be >= 0"),
-    (lowrank, {"ranks": {"0": 0}}, "'ranks' needs ranks >= 1"),
+    (lowrank, {"ranks": {"0": 0}}, "'ranks' needs values >= 1"),
     (lowrank, {"ranks": {"0": 2.5}}, "must be an integer"),
 ])
 def test_bad_options_raise_value_error(fn, kwargs, match):
@@ -458,3 +459,18 @@ def test_bad_options_raise_value_error(fn, kwargs, match):
     with pytest.raises(ValueError, match=match) as e:
         fn(m, **kwargs)
     assert "\n" not in str(e.value) and str(e.value).startswith(fn.__name__ + ": ")
+
+
+def test_the_fx_tracer_follows_the_onnx_op_families():
+    """Both tracers speak one vocabulary: every family the fx tracer classifies into has a torch rule, and every
+    torch rule is a family of the ONNX pass's rule table."""
+    from optkit.passes.prune.rules import FAMILIES, FAMILY_RULES
+    from optkit.torch import fx_ops
+    from optkit.torch.fx_rules import TORCH_RULES
+
+    classified = ({fam for _, fam in fx_ops._MODULE_FAMILIES} | set(fx_ops._FUNCTION_FAMILIES.values())
+                  | set(fx_ops._METHOD_FAMILIES.values()))
+    assert classified == set(TORCH_RULES)
+    assert set(TORCH_RULES) <= set(FAMILIES) == set(FAMILY_RULES)
+    assert fx_ops.family_of(torch.fx.symbolic_trace(nn.Sequential(nn.Conv2d(3, 4, 1), nn.ReLU())).graph.find_nodes(
+        op="call_module", target="1")[0], {"1": nn.ReLU()}) == "unary"

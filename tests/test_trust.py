@@ -488,12 +488,12 @@ def test_recipe_path_is_a_directory(tmp_path, base):
 
 
 def test_ctrl_c_exits_130_and_says_nothing_written(tmp_path, base, monkeypatch):
-    import optkit.api as api
+    import optkit.job as job
 
     def interrupted(*a, **k):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(api, "save_model", interrupted)  # Ctrl-C in the middle of writing the artifact
+    monkeypatch.setattr(job, "save_model", interrupted)  # Ctrl-C in the middle of writing the artifact
     r = run_inproc("optimize", base["model"], "-r", base["recipe"], "--data", base["data"], "-o", tmp_path / "out",
                    "--force")
     assert r.returncode == 130

@@ -11,7 +11,7 @@ from typing import Any, Callable, ClassVar
 import onnx
 
 from ..config import PassConfig, option  # noqa: F401  (re-exported: the pass API)
-from ..errors import RecipeError
+from ..errors import PassError, RecipeError
 
 
 @dataclass
@@ -50,6 +50,14 @@ class Context:
     # through optkit.cache.run_pass, which answers from it when the model, config, samples and versions match
     cache: Any = None
 
+    def evaluate(self, model: onnx.ModelProto, feeds: list[dict]) -> list[dict]:
+        """Outputs of ``model`` on ``feeds`` as the deployed backend computes them: the one evaluation seam a pass
+        uses (it never opens a backend itself)."""
+        if self.evaluator is None:
+            raise PassError("this pass runs the model on samples and needs the deployed evaluator (ctx.evaluator)",
+                            "run it through optkit.optimize or a Pipeline, or give Context(evaluator=Evaluator())")
+        return self.evaluator.run(model, feeds)
+
 
 class Pass:
     """Subclass, set ``name``/``Config``/``exact``, implement ``run``; register with ``@register_pass``.
@@ -70,6 +78,9 @@ class Pass:
     def __init__(self, config: PassConfig | dict | None = None):
         if config is None or isinstance(config, dict):
             config = self.Config.from_dict(config, where=f"pass {self.name!r}: ")
+        elif not isinstance(config, self.Config):
+            raise RecipeError(f"pass {self.name!r} takes a {self.Config.__name__}, got a {type(config).__name__}",
+                              f"build it with {self.Config.__name__}(...) or pass the options as a dict")
         self.config = config
 
     def run(self, model: onnx.ModelProto, ctx: Context) -> PassResult:  # pragma: no cover - abstract
@@ -102,5 +113,7 @@ def get_pass(name: str) -> type[Pass]:
 
 def list_passes() -> list[dict]:
     _load_all()
+    """Every pass with its options; each option's ``range`` ('[0, 1)', '>= 1', '' for none) and ``bounds``
+    ({'min'|'max'|'gt'|'lt': value}) come from ``option(...)``."""
     return [{"name": n, "doc": c.doc, "exact": c.exact, "options": c.Config.describe()}
             for n, c in sorted(_REGISTRY.items())]

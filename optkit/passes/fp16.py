@@ -16,8 +16,8 @@ DEFAULT_BLOCKLIST = ["Range", "NonMaxSuppression", "TopK", "RoiAlign", "Resize",
 @dataclass(frozen=True)
 class Fp16Config(PassConfig):
     keep_io_types: bool = option(True, "keep float32 graph inputs/outputs (casts inserted inside)")
-    op_blocklist: list[str] = option(DEFAULT_BLOCKLIST, "op types left in float32")
-    node_blocklist: list[str] = option([], "node names left in float32")
+    op_blocklist: tuple[str, ...] = option(DEFAULT_BLOCKLIST, "op types left in float32")
+    node_blocklist: tuple[str, ...] = option((), "node names left in float32")
 
 
 @register_pass

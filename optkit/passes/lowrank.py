@@ -32,31 +32,16 @@ _FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProt
 @dataclass(frozen=True)
 class LowRankConfig(PassConfig):
     energy: float = option(0.95, "per layer, the smallest rank whose squared singular values reach this fraction "
-                                 "of the total (1.0 = keep every singular value, i.e. change nothing)")
+                                 "of the total (1.0 = keep every singular value, i.e. change nothing)", gt=0, max=1)
     keep_flops: float = option(0.0, "when > 0 (overrides energy): rank = floor(keep_flops*k*n/(k+n)) so each "
-                                    "factorized layer keeps this fraction of its FLOPs")
-    ranks: dict[str, int] = option({}, "explicit rank per layer (node name), overriding energy/keep_flops; used as given")
-    min_rank: int = option(1, "lowest rank the energy/keep_flops rules may pick")
+                                    "factorized layer keeps this fraction of its FLOPs", min=0, max=1)
+    ranks: dict[str, int] = option({}, "explicit rank per layer (node name), overriding energy/keep_flops; used as given",
+                                  min=1)
+    min_rank: int = option(1, "lowest rank the energy/keep_flops rules may pick", min=1)
     multiple_of: int = option(1, "round energy/keep_flops ranks up to a multiple of this (e.g. 8 for SIMD), "
-                                 "never past the rank where factorizing stops saving FLOPs")
-    skip: list[str] = option([], "layer (node) names left as they are")
-    min_size: int = option(4096, "weights with fewer elements are left as they are")
-
-    def check(self) -> str | None:
-        if not 0.0 < self.energy <= 1.0:
-            return f"option 'energy' must be in (0, 1], got {self.energy}"
-        if not 0.0 <= self.keep_flops <= 1.0:
-            return f"option 'keep_flops' must be in [0, 1] (0 = off), got {self.keep_flops}"
-        if self.min_rank < 1:
-            return f"option 'min_rank' must be >= 1, got {self.min_rank}"
-        if self.multiple_of < 1:
-            return f"option 'multiple_of' must be >= 1, got {self.multiple_of}"
-        if self.min_size < 0:
-            return f"option 'min_size' must be >= 0, got {self.min_size}"
-        bad = {k: v for k, v in self.ranks.items() if v < 1}
-        if bad:
-            return f"option 'ranks' needs ranks >= 1, got {bad}"
-        return None
+                                 "never past the rank where factorizing stops saving FLOPs", min=1)
+    skip: tuple[str, ...] = option((), "layer (node) names left as they are")
+    min_size: int = option(4096, "weights with fewer elements are left as they are", min=0)
 
 
 # ---------------------------------------------------------------------------------------------------------------

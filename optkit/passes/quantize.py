@@ -131,10 +131,10 @@ class DynamicConfig(PassConfig):
     per_channel: bool = option(True, "per-output-channel weight scales (kept cosine ~0.993 vs ~0.97 per-tensor on MiniLM)")
     weight_type: str = option("auto", "weight INT8 type; auto = chosen for the host ISA", choices=("auto", "int8", "uint8"))
     reduce_range: str = option("auto", "7-bit weights (for non-VNNI x86); auto = chosen for the host", choices=("auto", "yes", "no"))
-    op_types: list[str] = option([], "op types to quantize; empty = ORT's defaults (MatMul, Attention, Gather, ...) minus skip_op_types")
-    skip_op_types: list[str] = option(["Conv"], "op types left in float when op_types is empty; dynamic Conv (ConvInteger) "
+    op_types: tuple[str, ...] = option((), "op types to quantize; empty = ORT's defaults (MatMul, Attention, Gather, ...) minus skip_op_types")
+    skip_op_types: tuple[str, ...] = option(("Conv",), "op types left in float when op_types is empty; dynamic Conv (ConvInteger) "
                                       "ran the digits CNN 4x slower than FP32 here: use int8-static for CNNs")
-    exclude_nodes: list[str] = option([], "node names kept in float")
+    exclude_nodes: tuple[str, ...] = option((), "node names kept in float")
 
 
 def _dynamic_op_types(cfg: DynamicConfig) -> list[str]:
@@ -195,7 +195,7 @@ class StaticConfig(PassConfig):
                          choices=("qdq", "qoperator"))
     calibration: str = option("minmax", "how activation ranges are set from the calibration data",
                               choices=("minmax", "entropy", "percentile"))
-    percentile: float = option(99.999, "percentile for calibration=percentile")
+    percentile: float = option(99.999, "percentile for calibration=percentile", gt=0, max=100)
     per_channel: bool = option(True, "per-output-channel weight scales")
     activation_type: str = option("auto", "activation INT8 type; auto = uint8 on x86 (U8S8 fast path)",
                                   choices=("auto", "int8", "uint8"))
@@ -203,16 +203,9 @@ class StaticConfig(PassConfig):
     reduce_range: str = option("auto", "7-bit weights (for non-VNNI x86); auto = chosen for the host", choices=("auto", "yes", "no"))
     symmetric_activations: bool = option(False, "zero-point 0 activations (TensorRT requires symmetric INT8)")
     symmetric_weights: bool = option(True, "zero-point 0 weights")
-    max_samples: int = option(128, "calibration feeds used at most")
-    op_types: list[str] = option([], "op types to quantize; empty = ORT's defaults")
-    exclude_nodes: list[str] = option([], "node names kept in float")
-
-    def check(self) -> str | None:
-        if not 0 < self.percentile <= 100:
-            return f"option 'percentile' must be in (0, 100], got {self.percentile}"
-        if self.max_samples < 1:
-            return f"option 'max_samples' must be >= 1, got {self.max_samples}"
-        return None
+    max_samples: int = option(128, "calibration feeds used at most", min=1)
+    op_types: tuple[str, ...] = option((), "op types to quantize; empty = ORT's defaults")
+    exclude_nodes: tuple[str, ...] = option((), "node names kept in float")
 
 
 _METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
@@ -243,7 +236,7 @@ def _calib_key(model: onnx.ModelProto, cfg: "StaticConfig", act: str, feeds_dige
 
     import onnxruntime
 
-    from ..cache import model_digest
+    from ..model import model_digest
 
     parts = {"model": model_digest(model), "method": cfg.calibration, "act": act, "feeds": feeds_digest,
              "percentile": cfg.percentile if cfg.calibration == "percentile" else None, "chunk": CALIB_CHUNK,
@@ -376,7 +369,7 @@ class Int8Static(Pass):
         feeds = ctx.samples.feeds[: cfg.max_samples]
         notes.append(f"calibration: {cfg.calibration} on {len(feeds)} feed(s) from {ctx.samples.source}"
                      + (" - SYNTHETIC, not representative" if ctx.samples.synthetic else ""))
-        from ..cache import feeds_digest
+        from ..data import feeds_digest
 
         key = _calib_key(model, cfg, act, feeds_digest(ctx.samples.head(cfg.max_samples)))
         prepared = prepare_for_quantization(model, notes)

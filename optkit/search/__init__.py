@@ -5,10 +5,10 @@
 - ``quant``: configuration-searchable passes (INT8): configurations, then the fewest sensitive nodes kept in float
   (per-node attribution measured once, gallop + bisect), then the pass's alternative.
 - ``layers``: layer-wise passes (prune, lowrank): rank once, binary-search how many layers fit.
-- ``candidates``: auto recipes: screen every candidate, recover only what could beat the best, choose by intervals.
 - ``protocols``: how a pass takes part (``Configurable``, ``Layered``); the search never switches on a pass's name.
 
-The pipeline calls ``tune_pass``; nothing here imports a backend: models run through ``ctx.evaluator``.
+The pipeline calls ``tune_pass``; nothing here imports a backend or the pipeline: models run through
+``ctx.evaluator``. Which candidate of an auto recipe to keep is ``optkit.candidates`` (above the pipeline).
 """
 from __future__ import annotations
 

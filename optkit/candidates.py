@@ -6,9 +6,11 @@ Validations are spent like a budget (branch and bound on speed):
    recovery, no layer search, no guard. That costs one build, the pipeline's numerics check after each pass, one
    judgment against the tolerance and one speed probe against the input model.
 2. **Recover, only where it can pay.** A candidate whose aggressive form missed the tolerance is searched (float
-   fallback of sensitive nodes, other calibrations, fewer pruned layers, ...) only when that form is faster than the
-   best candidate that already passed: recovery only makes a candidate slower, so one that cannot beat the best as it
-   is never will. Candidates are recovered fastest first, and the bound tightens as each one passes.
+   fallback of sensitive nodes, other calibrations, fewer pruned layers, ...) only when that form is measurably
+   faster (95% intervals separate) than the best candidate that already passed: recovery only makes a candidate
+   slower, so one that cannot beat the best as it is never will. Candidates are recovered simplest first (fewest
+   lossy passes: what a one-shot recipe gives is secured before a compound candidate spends the budget), then
+   fastest first, and the bound tightens as each one passes.
 3. **Choose** the fastest passing candidate, where speeds are told apart by their 95% intervals; candidates that tie
    with the fastest go to the more accurate, then the simpler (earlier in the recipe).
 
@@ -24,10 +26,10 @@ import shutil
 import tempfile
 import time
 
-from ..cache import PassCache, probe_compare
-from ..errors import OptkitError, PassError
-from ..log import step
-from ..pipeline import Pipeline, PipelineResult
+from .cache import PassCache, probe_compare
+from .errors import OptkitError, PassError
+from .log import step
+from .pipeline import Pipeline, PipelineResult
 
 
 def pick_candidate(prefix: PipelineResult, candidates, ctx, tuning, original, on_pass, evals, eval_feeds):
@@ -145,15 +147,19 @@ def _screen(prefix, candidates, ctx, tuning, original, evals, eval_feeds):
 
 
 def _recover(prefix, candidates, ctx, tuning, original, evals, eval_feeds, rows, runs) -> None:
-    """Search the candidates that missed, fastest first, while their aggressive form beats the best passing one."""
+    """Search the candidates that missed, simplest then fastest first, while their aggressive form beats the best
+    passing one."""
     if tuning.criterion is None:
         return
-    missed = sorted((r for r in runs.values() if not r[3]["passed"]), key=lambda r: -_median(r[3]))
+    # simplest first (fewest lossy passes: what a one-shot recipe would give is secured before a compound candidate
+    # spends the budget), then fastest as screened
+    lossy = {order: sum(not p.exact for p in candidates[order][1]) for order in runs}
+    missed = sorted((r for r in runs.values() if not r[3]["passed"]), key=lambda r: (lossy[r[0]], -_median(r[3])))
     for order, cname, _, row in missed:
         best = max((r for r in runs.values() if r[3]["passed"]), key=lambda r: _median(r[3]), default=None)
-        if best is not None and _median(row) <= _median(best[3]):
-            row["recovery"] = (f"not searched: even as screened ({_median(row):.2f}x) it is not faster than "
-                               f"{best[1]} ({_median(best[3]):.2f}x), which meets the tolerance; recovery only slows it")
+        if best is not None and not _beats(row, best[3]):
+            row["recovery"] = (f"not searched: even as screened ({_span(row)}) it is not measurably faster than "
+                               f"{best[1]} ({_span(best[3])}), which meets the tolerance; recovery only slows it")
             continue
         if _deadline_passed(tuning):
             row["recovery"] = "not searched: time budget spent"
@@ -177,6 +183,20 @@ def _recover(prefix, candidates, ctx, tuning, original, evals, eval_feeds, rows,
 
 def _median(row: dict) -> float:
     return (row.get("speed") or {}).get("median", row.get("speedup_vs_input") or 1.0)
+
+
+def _beats(row: dict, best: dict) -> bool:
+    """Measurably faster: the 95% intervals separate (a recovered candidate can at best tie an overlapping one, and
+    a tie goes to the more accurate, which the one that already passed as screened usually is)."""
+    a, b = row.get("speed"), best.get("speed")
+    if a and b:
+        return a["lo"] > b["hi"]
+    return _median(row) > _median(best)
+
+
+def _span(row: dict) -> str:
+    sp = row.get("speed")
+    return f"{sp['median']:.2f}x, 95% {sp['lo']:.2f}-{sp['hi']:.2f}" if sp else f"{_median(row):.2f}x"
 
 
 def choose(runs: list[tuple]) -> tuple:
