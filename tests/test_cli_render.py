@@ -6,13 +6,14 @@ from optkit.cli.render import option_line, option_range
 
 def test_passes_shows_declared_option_ranges():
     base = {"name": "sparsity", "default": 0.5, "choices": [], "doc": "fraction removed"}
-    assert option_range(base) == ""
-    assert option_range({**base, "min": 0.0, "max": 0.95}) == " [0..0.95]"
-    assert option_range({**base, "min": 1}) == " [>= 1]"
-    assert option_range({**base, "max": 5}) == " [<= 5]"
-    assert option_range({**base, "min": None, "max": None}) == ""
-    line = option_line({**base, "name": "level", "default": 3, "choices": [1, 2, 3], "min": 1, "max": 3})
-    assert line == "level = 3 [1|2|3] [1..3]: fraction removed"
+    assert option_range(base) == "" and option_range({**base, "range": "", "bounds": {}}) == ""
+    assert option_range({**base, "range": "[0, 1)", "bounds": {"min": 0, "lt": 1}}) == " [0, 1)"
+    assert option_range({**base, "range": ">= 1", "bounds": {"min": 1}}) == " (>= 1)"
+    assert option_range({**base, "bounds": {"gt": 0, "max": 100}}) == " (0, 100]"
+    assert option_range({**base, "min": 0.0, "max": 0.95}) == " [0, 0.95]"
+    assert option_range({**base, "max": 5}) == " (<= 5)"
+    line = option_line({**base, "name": "level", "default": 3, "choices": [1, 2, 3], "range": "[1, 3]"})
+    assert line == "level = 3 [1|2|3] [1, 3]: fraction removed"
     assert option_line(base) == "sparsity = 0.5: fraction removed"
 
 
@@ -26,8 +27,8 @@ def test_every_registered_option_renders(monkeypatch):
         for o in r["options"]:
             text = option_line(o)
             assert text.startswith(f"{o['name']} = ")
-            if o.get("min") is not None:
-                assert option_range(o) in text
+            if o.get("range"):
+                assert text.split(": ")[0].endswith(o["range"]) or text.split(": ")[0].endswith(f"({o['range']})")
 
 
 def test_compare_backends_only_when_several(monkeypatch):

@@ -207,20 +207,19 @@ def print_recipes(rows: list[dict]) -> None:
     out.print(t)
 
 
-def _num(v) -> str:
-    return f"{v:g}" if isinstance(v, float) else str(v)
-
-
 def option_range(o: dict) -> str:
-    """' [1..5]', ' [>= 0]', ' [<= 1]' from an option's declared ``min``/``max`` (empty when it declares none)."""
-    lo, hi = o.get("min"), o.get("max")
-    if lo is not None and hi is not None:
-        return f" [{_num(lo)}..{_num(hi)}]"
-    if lo is not None:
-        return f" [>= {_num(lo)}]"
-    if hi is not None:
-        return f" [<= {_num(hi)}]"
-    return ""
+    """' [0, 1)', ' (>= 1)' from an option's declared range (``describe()``'s ``range`` text, else its ``bounds`` /
+    ``min`` / ``max``); empty when it declares none."""
+    text = o.get("range")
+    if not text:
+        bounds = dict(o.get("bounds") or {})
+        bounds.update({k: o[k] for k in ("min", "max") if o.get(k) is not None})
+        if not bounds:
+            return ""
+        from ..config import range_text
+
+        text = range_text(bounds)
+    return f" {text}" if text[:1] in "[(" else f" ({text})"
 
 
 def option_line(o: dict) -> str:
