@@ -134,3 +134,13 @@ def optimize(model, recipe: str | Path | Recipe, **options) -> dict:
     from .request import OptimizeRequest
 
     return run(OptimizeRequest(model, recipe, **options))
+
+
+def compare_backends(man: dict, warn=None) -> dict | None:
+    """After ``optimize`` compiled for several backends (``--backend ort,tvm`` / ``all``): bench them side by side on
+    the artifact (the backend matrix of ``optkit bench``). None when there was one backend: nothing to compare."""
+    if len(man.get("backends") or {}) <= 1:
+        return None
+    from .measure import bench
+
+    return bench(man["artifact"], backend=",".join(man["backends"]), rounds=3, round_time=0.3, warn=warn)

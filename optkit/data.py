@@ -60,19 +60,34 @@ class Samples:
         return Samples(feeds, labs if labels is not None else None, self.synthetic, self.source)
 
 
+_DIMS = re.compile(r"[0-9]+(?:x[0-9]+)*")
+
+
+def parse_dims(text, where: str = "--shape", error: type = InputError) -> tuple[int, ...]:
+    """The one shape syntax of optkit (``--shape``, TVM's ``shapes`` option, TensorRT profiles): ``'1x3x224x224'``
+    -> (1, 3, 224, 224). Dims are positive integers separated by 'x' only (',' separates MIN,OPT,MAX in a TensorRT
+    profile, so it never separates dims); no empty, zero, negative or non-numeric dims. Raises ``error`` naming
+    ``where``."""
+    t = str(text).strip().lower()
+    hint = "write dims separated by 'x', e.g. 1x3x224x224"
+    if not _DIMS.fullmatch(t):
+        if "," in t and _DIMS.fullmatch(t.replace(",", "x")):
+            hint = f"separate dims with 'x' ({t.replace(',', 'x')}); ',' separates MIN,OPT,MAX in TensorRT profiles"
+        raise error(f"{where}: bad shape {text!r}", hint)
+    dims = tuple(int(p) for p in t.split("x"))
+    if min(dims) < 1:
+        raise error(f"{where}: bad shape {text!r} (dims must be >= 1)", hint)
+    return dims
+
+
 def parse_shape_args(items: list[str] | None) -> dict[str, tuple[int, ...]]:
-    """``["input=1x3x224x224", "ids=1,128"]`` -> {"input": (1, 3, 224, 224), "ids": (1, 128)}."""
+    """``["input=1x3x224x224", "ids=1x128"]`` -> {"input": (1, 3, 224, 224), "ids": (1, 128)} (``parse_dims``)."""
     shapes: dict[str, tuple[int, ...]] = {}
     for item in items or []:
         name, sep, dims = item.partition("=")
-        try:
-            if not sep or not name:
-                raise ValueError
-            shapes[name.strip()] = tuple(int(d) for d in re.split(r"[x,]", dims.strip()) if d != "")
-            if not shapes[name.strip()] or min(shapes[name.strip()]) <= 0:
-                raise ValueError
-        except ValueError:
-            raise InputError(f"bad --shape {item!r}", "use NAME=DIMS, e.g. --shape input=1x3x224x224") from None
+        if not sep or not name.strip():
+            raise InputError(f"bad --shape {item!r}", "use NAME=DIMS, e.g. --shape input=1x3x224x224")
+        shapes[name.strip()] = parse_dims(dims, f"--shape {item!r}")
     return shapes
 
 

@@ -20,7 +20,6 @@ import datetime as _dt
 import json
 import os
 import re
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -80,20 +79,19 @@ def unit_command(unit: dict, recipe: str, output: Path, threads: int, extra: lis
 
 def run_unit(cmd: list[str], timeout: float, env_extra: dict | None = None) -> dict:
     """Run one unit's command; the raw outcome (rc, stdout, the stderr tail, seconds). Never raises."""
-    env = dict(os.environ)
-    root = str(Path(__file__).resolve().parents[1])
-    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    env.update({"NO_COLOR": "1", "PYTHONWARNINGS": "ignore", **(env_extra or {})})
-    t0 = time.perf_counter()
-    try:
-        p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
-        rc, out, err = p.returncode, p.stdout, p.stderr
-    except subprocess.TimeoutExpired:
-        rc, out, err = None, "", f"timed out after {timeout:g} s"
     import platform
 
+    from .child import child_env, run_child
+
+    # its own process group, killed whole on timeout: an optimize's own children (TVM workers) go with it
+    env = child_env({"NO_COLOR": "1", "PYTHONWARNINGS": "ignore", **(env_extra or {})})
+    run = run_child(cmd, timeout=timeout, env=env)
+    if run.timed_out:
+        rc, out, err = None, "", f"timed out after {timeout:g} s"
+    else:
+        rc, out, err = run.returncode, run.stdout, run.stderr
     return {"rc": rc, "stdout": out, "stderr": "\n".join(err.strip().splitlines()[-6:]),
-            "seconds": round(time.perf_counter() - t0, 3), "host": platform.node()}
+            "seconds": run.seconds, "host": platform.node()}
 
 
 def to_row(unit: dict, raw: dict) -> dict:

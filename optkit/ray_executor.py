@@ -95,8 +95,8 @@ def _actor_class():
 
             return {"node": ray.get_runtime_context().get_node_id(), "host": platform.node(), "pid": os.getpid()}
 
-        def run(self, variant, threads, batch, payload, timeout, files, crash_env):
-            from optkit.serving import CRASH_ENV, TrialSpec
+        def run(self, variant, threads, batch, payload, timeout, files, worker):
+            from optkit.serving import TrialSpec
 
             payload = dict(payload)
             for field, (sha, name, ref) in files.items():  # materialize each shipped file once per actor
@@ -110,10 +110,8 @@ def _actor_class():
                         p.write_bytes(blob)
                     self.fetched[sha] = str(d / name)
                 payload[field] = self.fetched[sha]
-            if crash_env is None:
-                os.environ.pop(CRASH_ENV, None)
-            else:
-                os.environ[CRASH_ENV] = crash_env
+            if hasattr(self.inner, "worker"):
+                self.inner.worker = worker  # the driver's trial worker (tests pass one that crashes on purpose)
             res = self.inner.submit(TrialSpec(variant, threads, batch, payload=payload, timeout=timeout))
             res["node"] = self.node()["host"]
             return res
@@ -179,11 +177,11 @@ class RayExecutor:
         return out
 
     def _call(self, actor, spec):
-        from .serving import CRASH_ENV
+        from .serving import executors
 
         self.launched += 1
         return actor.run.remote(spec.variant, spec.threads, spec.batch, dict(spec.payload), spec.timeout,
-                                self._files(spec.payload), os.environ.get(CRASH_ENV))
+                                self._files(spec.payload), executors.WORKER)
 
     def submit(self, spec) -> dict:
         return self.run_many([spec])[0]

@@ -48,9 +48,9 @@ def test_matmul_flops_use_given_shapes(tmp_path):
 
 
 def test_shape_args_and_resolution(tmp_path):
-    assert parse_shape_args(["x=1x3x224x224", "ids=2,128"]) == {"x": (1, 3, 224, 224), "ids": (2, 128)}
-    for bad in ["x", "x=", "x=1xa", "=1x2", "x=0x3"]:
-        with pytest.raises(InputError, match="bad --shape"):
+    assert parse_shape_args(["x=1x3x224x224", "ids= 2X128 "]) == {"x": (1, 3, 224, 224), "ids": (2, 128)}
+    for bad in ["x", "x=", "x=1xa", "=1x2", "x=0x3", "x=2,128", "x=1xx3", "x=-1x3", "x=1x", "x=1 x 3", "x=+1"]:
+        with pytest.raises(InputError, match="--shape"):
             parse_shape_args([bad])
     inputs, _ = M.signature(M.load_model(tiny_matmul(tmp_path / "mm.onnx")))
     with pytest.raises(InputError, match=r"symbolic dim 'seq' at axis 1.*--shape x=1xNx16"):
@@ -60,6 +60,34 @@ def test_shape_args_and_resolution(tmp_path):
         resolve_shapes(inputs, {"x": (1, 7, 15)})
     with pytest.raises(InputError, match="unknown input 'y'"):
         resolve_shapes(inputs, {"y": (1,)})
+
+
+def test_one_shape_syntax_for_shape_args_tvm_and_trt():
+    """--shape, TVM's shapes option and TensorRT profiles share optkit.data.parse_dims: the same strings pass and
+    fail everywhere (',' separates MIN,OPT,MAX in a profile, never dims)."""
+    from optkit.backends.trt import parse_profile, parse_shape
+    from optkit.backends.tvm import TvmOptions
+    from optkit.data import parse_dims
+    from optkit.errors import RecipeError
+
+    good = {"1x3x8x8": (1, 3, 8, 8), " 4X16 ": (4, 16), "7": (7,)}
+    bad = ["", "x", "1xx3", "0x3", "1,3", "1x-3", "1xfour", "1.5x2", "1 x 3"]
+    for text, dims in good.items():
+        assert parse_dims(text) == parse_shape(text) == dims
+        assert parse_shape_args([f"a={text}"]) == {"a": dims}
+        assert TvmOptions.from_dict({"shapes": {"a": text}}).shapes == {"a": text}
+    for text in bad:
+        with pytest.raises(InputError):
+            parse_dims(text)
+        with pytest.raises(RecipeError):
+            parse_shape(text)
+        with pytest.raises(InputError):
+            parse_shape_args([f"a={text}"])
+        with pytest.raises(RecipeError, match="shapes"):
+            TvmOptions.from_dict({"shapes": {"a": text}})
+    assert parse_profile("1x3,2x3,4x3") == ((1, 3), (2, 3), (4, 3))
+    with pytest.raises(RecipeError):
+        parse_profile("1x3,2x3x")
 
 
 def test_cnn_batch_dim_defaults_to_one(tmp_path):

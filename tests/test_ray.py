@@ -75,7 +75,9 @@ def test_one_real_trial_and_a_crash_costs_one_trial(cluster, tmp_path, monkeypat
         (ok,) = ex.run_many([spec])
         assert ok["status"] == "ok" and ok["p50_ms"] > 0 and ok["throughput"] > 0, ok
         assert ok["node"]  # measured on a Ray node, from the shipped copy of the model
-        monkeypatch.setenv(sv.CRASH_ENV, crash.key)
+        from fault_workers import crashing_trial_worker
+
+        monkeypatch.setattr(sv.executors, "WORKER", crashing_trial_worker(tmp_path / "workers", [crash.key]))
         bad, again = ex.run_many([crash, spec])
         assert bad["status"] == "failed" and "SIGKILL" in bad["error"], bad
         assert again["status"] == "ok"  # the actor survived its child's crash

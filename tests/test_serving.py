@@ -159,11 +159,12 @@ def test_failed_trial_costs_one_trial_in_the_search():
 def tuned(tmp_path_factory):
     """One tune run on the tiny CNN (ort fp32+int8, threads 1, batch 1,2): 4 points, budget 3, one child crash."""
     from conftest import cnn_data, tiny_cnn
+    from fault_workers import crashing_trial_worker
 
     d = tmp_path_factory.mktemp("serving")
     model, data = tiny_cnn(d / "tiny.onnx"), cnn_data(d / "calib.npz", n=16)
     mp = pytest.MonkeyPatch()
-    mp.setenv(sv.CRASH_ENV, "ort-fp32/t1/b2")
+    mp.setattr(sv.executors, "WORKER", crashing_trial_worker(d / "workers", ["ort-fp32/t1/b2"]))
     warnings = []
     try:
         res = sv.tune(model, backends="ort,trt", precisions="fp32,int8", threads="1", batches="1,2", slo="p99<60s",

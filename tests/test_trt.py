@@ -33,7 +33,7 @@ NO_TRT = "TensorRT is not installed (no 'tensorrt' Python module)"
 @pytest.fixture
 def no_trt(monkeypatch):
     """Behave as on a machine without TensorRT, whatever this one has."""
-    monkeypatch.setattr(trtmod, "runtime_status", lambda: {"ok": False, "reason": NO_TRT, "tensorrt": None, "gpu": None,
+    monkeypatch.setattr(trtmod.gpu, "runtime_status", lambda: {"ok": False, "reason": NO_TRT, "tensorrt": None, "gpu": None,
                                                           "cuda_api": None})
 
 
@@ -321,6 +321,30 @@ def test_compile_without_tensorrt_writes_command_and_reason(no_trt, cnn, tmp_pat
     assert "from optkit.backends.trt import build_engine" in text and "folded 2 int32 bias" in text
     assert check_trt_model(load_model(out / "model.trt.onnx")) == []
     json.dumps(info)  # goes into the manifest as is
+
+
+def test_trt_qdq_layout_pass_folds_and_the_backend_only_verifies(no_trt, cnn, tmp_path):
+    """The rewrite as a pass (trt-qdq-layout): exact under ONNX Runtime, idempotent; after it the backend finds
+    nothing to change and builds from the model itself (no model.trt.onnx)."""
+    q = _int8_trt(cnn)
+    res = get_pass("trt-qdq-layout")().run(q, Context())
+    assert res.modified and res.metrics == {"folded": 2, "trt_problems": 0}
+    assert check_trt_model(res.model) == [] and check_trt_model(q) != []
+    feed = {"input": cnn["samples"].feeds[0]["input"]}
+    a, b = OrtSession(q).run(feed), OrtSession(res.model).run(feed)
+    assert max(float(np.abs(a[k] - b[k]).max()) for k in a) < 1e-5
+    again = get_pass("trt-qdq-layout")().run(res.model, Context())
+    assert not again.modified and again.model is res.model and again.metrics["folded"] == 0
+    info = TrtBackend().compile(save_model(res.model, tmp_path / "model.onnx"), tmp_path / "c", TrtOptions())
+    assert info["onnx_changes"] == [] and info["onnx"] == "../model.onnx" and info["layout_check"] == "passed"
+    assert not (tmp_path / "c" / "model.trt.onnx").exists()
+    bad = onnx.ModelProto()
+    bad.CopyFrom(res.model)
+    w = next(t for t in bad.graph.initializer if t.data_type == TensorProto.INT8 and len(t.dims) == 4)
+    w.CopyFrom(numpy_helper.from_array(np.full(tuple(w.dims), -128, np.int8), w.name))  # outside [-127, 127]
+    assert get_pass("trt-qdq-layout")().run(bad, Context()).metrics["trt_problems"] > 0  # reported, not fixed
+    with pytest.raises(TrtError, match="not TensorRT-ready"):
+        TrtBackend().compile(save_model(bad, tmp_path / "bad.onnx"), tmp_path / "c2", TrtOptions())
 
 
 def test_compile_fp16_references_the_model(no_trt, cnn, tmp_path):

@@ -6,7 +6,6 @@ Every compile here runs TVM in a child process (a few seconds each); the tuning 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -23,15 +22,16 @@ from optkit.backends import get_backend  # noqa: E402
 from optkit.backends.ort import OrtSession  # noqa: E402
 from optkit.backends.tvm import (  # noqa: E402
     LIB_FILE, META_FILE, TvmBackend, TvmOptions, cache_key, cache_root, parse_target)
+from optkit.backends.tvm import runner as tvm_runner  # noqa: E402
 from optkit.errors import BackendUnavailable, InputError, PassError, RecipeError  # noqa: E402
+from fault_workers import faulty_tvm_worker  # noqa: E402
 
 
 @pytest.fixture(scope="module", autouse=True)
 def _cache_env(tmp_path_factory):
-    """Keep tuning databases and the host-CPU memo out of ~/.cache; no fault injection unless a test asks."""
+    """Keep tuning databases and the host-CPU memo out of ~/.cache."""
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("OPTKIT_CACHE", str(tmp_path_factory.mktemp("optkit-cache")))
-        mp.delenv("OPTKIT_TVM_WORKER_FAULT", raising=False)
         yield
 
 
@@ -93,7 +93,7 @@ def test_missing_tvm_is_backend_unavailable(monkeypatch):
 
 
 def test_import_is_cheap():
-    code = "import sys, optkit.backends.tvm, optkit.backends._tvm_worker; print('tvm' in sys.modules)"
+    code = "import sys, optkit.backends.tvm, optkit.backends.tvm.worker; print('tvm' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "False"
@@ -245,7 +245,7 @@ def test_qoperator_model_fails_naming_the_ops(be, cnn, tmp_path):
 
 
 def test_tuning_crash_falls_back_untuned_loudly(be, cnn, tmp_path, monkeypatch):
-    monkeypatch.setenv("OPTKIT_TVM_WORKER_FAULT", "tune:segv")
+    monkeypatch.setattr(tvm_runner, "WORKER", faulty_tvm_worker(tmp_path / "w", "tune", "segv"))
     warned = []
     opts = TvmOptions(tune=True, tune_trials=8, cache_dir=str(tmp_path / "cache"), conv_layout="NCHW")
     info = be.compile(cnn, tmp_path / "c", opts, 1, warn=warned.append)  # the parent survives a SIGSEGV child
@@ -263,7 +263,7 @@ def test_tuning_crash_falls_back_untuned_loudly(be, cnn, tmp_path, monkeypatch):
 
 
 def test_tuning_timeout_falls_back_untuned(be, cnn, tmp_path, monkeypatch):
-    monkeypatch.setenv("OPTKIT_TVM_WORKER_FAULT", "tune:hang")
+    monkeypatch.setattr(tvm_runner, "WORKER", faulty_tvm_worker(tmp_path / "w", "tune", "hang"))
     warned = []
     opts = TvmOptions(tune=True, tune_timeout_s=2, cache_dir=str(tmp_path / "cache"))
     info = be.compile(cnn, tmp_path / "c", opts, 1, warn=warned.append)
@@ -271,7 +271,7 @@ def test_tuning_timeout_falls_back_untuned(be, cnn, tmp_path, monkeypatch):
 
 
 def test_build_crash_is_a_clear_error(be, cnn, tmp_path, monkeypatch):
-    monkeypatch.setenv("OPTKIT_TVM_WORKER_FAULT", "build:exit")
+    monkeypatch.setattr(tvm_runner, "WORKER", faulty_tvm_worker(tmp_path / "w", "build", "exit"))
     with pytest.raises(PassError, match="crashed") as e:
         be.compile(cnn, tmp_path / "c", TvmOptions(), 1, warn=lambda m: None)
     assert str(tmp_path / "c" / "build.log") in str(e.value)

@@ -89,7 +89,7 @@ class Pass:
 
 _REGISTRY: dict[str, type[Pass]] = {}
 # Pass modules are imported on first lookup, so `import optkit` stays light.
-_MODULES = ("simplify", "fuse", "fp16", "quantize", "lowrank", "prune")
+_MODULES = ("simplify", "fuse", "fp16", "quantize", "lowrank", "prune", "trt_qdq")
 
 
 def register_pass(cls: type[Pass]) -> type[Pass]:

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 import onnx
 
 from ..model import op_histogram
+from ..onnxtools import onnxsim as _onnxsim, onnxslim as _onnxslim  # module names: tests swap one for a broken one
 from . import Context, Pass, PassConfig, PassResult, option, register_pass
 
 
@@ -60,21 +61,6 @@ class Simplify(Pass):
         from ..errors import PassError
         raise PassError("simplify: every engine failed (" + "; ".join(errors) + ")",
                         "drop 'simplify' from the recipe or report the model")
-
-
-def _onnxsim(model: onnx.ModelProto) -> onnx.ModelProto:
-    import onnxsim
-
-    out, ok = onnxsim.simplify(model, check_n=0)
-    if not ok:
-        raise RuntimeError("onnxsim's own check failed")
-    return out
-
-
-def _onnxslim(model: onnx.ModelProto) -> onnx.ModelProto:
-    import onnxslim
-
-    return onnxslim.slim(model, no_shape_infer=False)
 
 
 def _fix_shapes(model: onnx.ModelProto, shapes: dict) -> onnx.ModelProto:

@@ -1,8 +1,8 @@
-"""Child-process entry of the TVM backend: ``python -m optkit.backends._tvm_worker SPEC.json``.
+"""Child-process entry of the TVM backend: ``python -m optkit.backends.tvm.worker SPEC.json``.
 
 All of TVM's work at compile time (ONNX import, MetaSchedule tuning, relax build, the numerics check) runs here, in
 a process of its own: TVM has segfaulted during tuning on these machines, and its C++ logging writes straight to the
-process's stdout/stderr. The parent (``optkit.backends.tvm``) sends this process's output to a log file, reads the
+process's stdout/stderr. The parent (``optkit.backends.tvm.runner``) sends this process's output to a log file, reads the
 result JSON it writes, and turns a crash (no result, a signal) into a clear error or an untuned fallback.
 
 SPEC (JSON) keys: ``phase`` ("tune" | "build"), ``model`` (static-shape ONNX), ``target`` (dict), ``result`` (path of
@@ -10,16 +10,12 @@ the result JSON), and per phase: tune: ``work_dir``, ``tune_trials``, ``max_tria
 ``in_process_builder``; build: ``out_dir``, ``lib``, ``db_dir`` (or null), ``opt_level``, ``input_names``,
 ``check`` (run one synthetic feed against ONNX Runtime).
 
-Test hook: ``OPTKIT_TVM_WORKER_FAULT=<phase>[:segv|:exit|:hang]`` makes this process die (SIGSEGV, ``os._exit(70)``)
-or hang at the start of that phase, to exercise the parent's crash and timeout handling.
-
 Importing this module is cheap (no TVM): MetaSchedule's builder workers import it by name for ``ms_build``.
 """
 from __future__ import annotations
 
 import json
 import os
-import signal
 import sys
 import time
 import traceback
@@ -93,21 +89,6 @@ def _in_process_builder():
     return InProcessBuilder()
 
 
-def _fault(phase: str) -> None:
-    spec = os.environ.get("OPTKIT_TVM_WORKER_FAULT", "")
-    if not spec:
-        return
-    where, _, how = spec.partition(":")
-    if where != phase:
-        return
-    print(f"OPTKIT_TVM_WORKER_FAULT={spec}: failing on purpose in phase {phase!r}", flush=True)
-    if how == "exit":
-        os._exit(70)
-    if how == "hang":
-        time.sleep(3600)
-    os.kill(os.getpid(), signal.SIGSEGV)
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # shared steps
 # ---------------------------------------------------------------------------------------------------------------
@@ -126,14 +107,9 @@ def _simplified(model):
     """The static-shape model with its shape arithmetic folded (onnxsim, else onnxslim), or None. TVM 0.27's ONNX
     frontend fails on some Shape -> Gather chains of static-shape models (e.g. a torch-exported BERT encoder:
     "shape_of expects a tensor input, but received R.Shape") that folding removes."""
-    from optkit.passes.simplify import _onnxsim, _onnxslim
+    from optkit.onnxtools import simplified
 
-    for engine, fn in (("onnxsim", _onnxsim), ("onnxslim", _onnxslim)):
-        try:
-            return fn(model), engine
-        except Exception:  # noqa: BLE001 - try the next engine / the unsimplified model
-            continue
-    return None, None
+    return simplified(model)
 
 
 def _import_onnx(model_path: str, conv_layout: str = "auto"):
@@ -211,7 +187,6 @@ def _cost_model(num_cores: int):
 
 
 def phase_tune(spec: dict) -> dict:
-    _fault("tune")
     light = _light_intrinsics()
     import math
 
@@ -266,7 +241,6 @@ def _feed(model_path: str) -> dict:
 
 
 def phase_build(spec: dict) -> dict:
-    _fault("build")
     import numpy as np
     import tvm
     from tvm import relax
@@ -360,7 +334,7 @@ def main(argv=None) -> int:
 
 if __name__ == "__main__":
     # run as a script (-m): make the module importable by name too, so MetaSchedule workers pickle ms_build by
-    # reference (optkit.backends._tvm_worker.ms_build), not by value
-    from optkit.backends import _tvm_worker as _self
+    # reference (optkit.backends.tvm.worker.ms_build), not by value
+    from optkit.backends.tvm import worker as _self
 
     sys.exit(_self.main())

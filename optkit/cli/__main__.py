@@ -1,0 +1,3 @@
+from optkit.cli.entry import main
+
+main()
