@@ -11,7 +11,7 @@ import onnx
 
 from .checks import check_finite
 from .errors import InputError
-from .feedstore import DiskFeeds, Segment, bad_file, count_non_finite, scan
+from .feedstore import BatchedFeeds, DiskFeeds, Segment, bad_file, count_non_finite, row_counts, scan
 from .model import TensorSpec, signature
 
 LABELS_KEY = "labels"
@@ -41,27 +41,28 @@ class Samples:
         return Samples(self.feeds[:n], self.labels[:n] if self.labels else None, self.synthetic, self.source)
 
     def batched(self, batch: int) -> "Samples":
-        """Regroup feeds into feeds of ``batch`` rows along axis 0 (drops a ragged tail). Scalar (rank-0) inputs
-        have no batch axis: each new feed keeps the first feed's value."""
-        names = [k for k, v in self.feeds[0].items() if np.ndim(v) > 0]
-        scalars = {k: v for k, v in self.feeds[0].items() if np.ndim(v) == 0}
+        """Regroup feeds into feeds of ``batch`` rows along axis 0 (drops a ragged tail; repeats the rows when there
+        are fewer than ``batch``). Scalar (rank-0) inputs have no batch axis: each new feed keeps the first feed's
+        value. The new feeds are cut when used (``feedstore.BatchedFeeds``): taking one reads only its rows' feeds."""
+        first = self.feeds[0]
+        names = [k for k, v in first.items() if np.ndim(v) > 0]
+        scalars = {k: v for k, v in first.items() if np.ndim(v) == 0}
         if not names:
-            return Samples(list(self.feeds), self.labels, self.synthetic, self.source)
-        cat = {k: np.concatenate([f[k] for f in self.feeds], axis=0) for k in names}
-        rows = cat[names[0]].shape[0]
-        if rows < batch:
-            reps = -(-batch // rows)
-            cat = {k: np.concatenate([v] * reps, axis=0) for k, v in cat.items()}
-            rows = cat[names[0]].shape[0]
-        labels = np.concatenate(self.labels, axis=0) if self.labels else None
-        if labels is not None and labels.shape[0] < rows:
-            labels = np.concatenate([labels] * (-(-rows // labels.shape[0])), axis=0)
-        feeds, labs = [], []
-        for i in range(0, rows - batch + 1, batch):
-            feeds.append({**{k: v[i:i + batch] for k, v in cat.items()}, **scalars})
-            if labels is not None:
-                labs.append(labels[i:i + batch])
-        return Samples(feeds, labs if labels is not None else None, self.synthetic, self.source)
+            return Samples(self.feeds, self.labels, self.synthetic, self.source)
+        counts = row_counts(self.feeds, names)
+        if counts is None:
+            raise InputError(f"--data {self.source}: the inputs {names} have different batch sizes within a feed",
+                             "give every input the same leading (batch) axis")
+        rows = sum(counts)
+        reps = -(-batch // rows) if rows < batch else 1
+        feeds = BatchedFeeds(self.feeds, names, scalars, counts, batch, reps)
+        labs = None
+        if self.labels:
+            labels = np.concatenate(self.labels, axis=0)
+            if labels.shape[0] < rows * reps:
+                labels = np.concatenate([labels] * (-(-rows * reps // labels.shape[0])), axis=0)
+            labs = [labels[i * batch:(i + 1) * batch] for i in range(len(feeds))]
+        return Samples(feeds, labs, self.synthetic, self.source)
 
 
 def parse_shape_args(items: list[str] | None) -> dict[str, tuple[int, ...]]:

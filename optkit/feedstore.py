@@ -192,3 +192,50 @@ class DiskFeeds(Sequence):
 def bad_file(f: Path, e: Exception) -> InputError:
     return InputError(f"cannot read --data file {f}: {type(e).__name__}",
                       "write it with numpy.savez(path, input_name=array, ...)")
+
+
+def row_counts(feeds, names: list[str]) -> list[int] | None:
+    """Each feed's leading-axis length (from the headers for DiskFeeds), or None when the inputs named disagree."""
+    shapes = feeds.row_shapes() if isinstance(feeds, DiskFeeds) else [{k: np.shape(f[k]) for k in names} for f in feeds]
+    counts = []
+    for sh in shapes:
+        rows = {sh[k][0] for k in names}
+        if len(rows) != 1:
+            return None
+        counts.append(rows.pop())
+    return counts
+
+
+class BatchedFeeds(Sequence):
+    """Feeds of ``batch`` rows cut from the concatenation of ``feeds`` along axis 0 (repeated ``reps`` times when
+    shorter than one batch), built when indexed: feed j reads only the source feeds its rows come from."""
+
+    def __init__(self, feeds, names: list[str], scalars: dict, counts: list[int], batch: int, reps: int):
+        self.feeds, self.names, self.scalars, self.batch = feeds, names, scalars, batch
+        self.starts = list(np.cumsum([0] + counts[:-1])) if counts else []
+        self.total = int(sum(counts))
+        self.n = self.total * reps // batch
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, j):
+        if isinstance(j, slice):
+            return [self[i] for i in range(*j.indices(self.n))]
+        if j < 0:
+            j += self.n
+        if not 0 <= j < self.n:
+            raise IndexError(j)
+        parts: dict[str, list] = {k: [] for k in self.names}
+        g, end, cached = j * self.batch, (j + 1) * self.batch, (None, None)
+        while g < end:
+            r = g % self.total
+            i = bisect.bisect_right(self.starts, r) - 1
+            lo = r - self.starts[i]
+            if cached[0] != i:
+                cached = (i, self.feeds[i])
+            take = min(end - g, len(cached[1][self.names[0]]) - lo)
+            for k in self.names:
+                parts[k].append(cached[1][k][lo:lo + take])
+            g += take
+        return {**{k: np.concatenate(v, axis=0) for k, v in parts.items()}, **self.scalars}

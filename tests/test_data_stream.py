@@ -132,3 +132,23 @@ def test_calibration_streams_only_max_samples(tmp_path, cnn, reads):
         in_memory = Samples([{"input": z["input"][i]} for i in range(20)])
     calibrate(cnn, cfg, in_memory.feeds, Progress(), tmp_path / "mem.json")
     assert json.loads((tmp_path / "disk.json").read_text()) == json.loads((tmp_path / "mem.json").read_text())
+
+
+def test_batched_cuts_only_the_feeds_it_needs(tmp_path, cnn, reads):
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((12, 2, 3, 8, 8)).astype(np.float32)
+    lab = rng.integers(0, 10, (12, 2))
+    np.savez(tmp_path / "s.npz", input=x, labels=lab)
+    s = load_samples(tmp_path / "s.npz", cnn)
+    reads.clear()
+    b = s.batched(5)
+    assert len(b) == 4 and [r[2] for r in reads] == [0]  # 24 rows -> 4 feeds of 5; only feed 0 read (its names)
+    reads.clear()
+    f = b.feeds[1]
+    np.testing.assert_array_equal(f["input"], x.reshape(24, 3, 8, 8)[5:10])
+    assert sorted({r[2] for r in reads}) == [2, 3, 4]  # rows 5..9 live in feeds 2, 3 and 4
+    assert b.labels[1].tolist() == lab.reshape(-1)[5:10].tolist()
+    small = Samples([{"input": x[i, :1]} for i in range(3)], [lab[i, :1] for i in range(3)]).batched(4)
+    assert len(small) == 1  # 3 rows repeated to 6, one feed of 4: rows 0, 1, 2, 0
+    np.testing.assert_array_equal(small.feeds[0]["input"], x[[0, 1, 2, 0], 0])
+    assert small.labels[0].tolist() == lab[[0, 1, 2, 0], 0].tolist()
