@@ -23,7 +23,7 @@ import numpy as np
 from .errors import InputError
 
 _LAST: dict = {}  # (path, member) -> the decompressed array of the compressed member read last (one at a time)
-FINITE_CHUNK_BYTES = 32 << 20
+FINITE_CHUNK_BYTES = 8 << 20
 
 
 @dataclass(frozen=True)
