@@ -3,7 +3,8 @@
 - ``ArrayRef``: one array in a ``.npy`` file or a member of a ``.npz``. A ``.npy`` is read with
   ``np.load(mmap_mode="r")``; an uncompressed ``.npz`` member (``numpy.savez``) is memory-mapped at its offset inside
   the zip; a compressed one (``numpy.savez_compressed``) cannot be read per row, so it is decompressed once and kept
-  while consecutive feeds come from it (one array at a time, see ``_LAST``). A feed is copied out of the map and the map
+  while feeds come from that file (one file's compressed arrays at a time, see ``_LAST``): save big stacks with
+  ``numpy.savez`` or ``numpy.save`` to stream them. A feed is copied out of the map and the map
   is dropped, so the pages read do not stay mapped.
 - ``DiskFeeds``: a read-only sequence of feeds (``dict`` input name -> array) over segments (one file each: one feed,
   or a stack of feeds along an extra leading axis). Slicing returns another ``DiskFeeds`` (nothing is read), so
@@ -22,7 +23,7 @@ import numpy as np
 
 from .errors import InputError
 
-_LAST: dict = {}  # (path, member) -> the decompressed array of the compressed member read last (one at a time)
+_LAST: dict = {}  # path -> {member: decompressed array}: the compressed members of the one file read last
 FINITE_CHUNK_BYTES = 8 << 20
 
 
@@ -52,12 +53,14 @@ class ArrayRef:
         if self.offset is not None:
             return np.memmap(self.path, dtype=self.dtype, mode="r", offset=self.offset, shape=self.shape,
                              order="F" if self.fortran else "C")
-        key = (self.path, self.member)
-        if key not in _LAST:
+        held = _LAST.get(self.path)
+        if held is None:
             _LAST.clear()
+            held = _LAST[self.path] = {}
+        if self.member not in held:
             with np.load(self.path, allow_pickle=False) as z:
-                _LAST[key] = z[self.member]
-        return _LAST[key]
+                held[self.member] = z[self.member]
+        return held[self.member]
 
     def read(self, row: int | None = None, stop: int | None = None) -> np.ndarray:
         """The whole array (``row`` None), row ``row`` of its leading axis, or rows ``row:stop``; always a copy in

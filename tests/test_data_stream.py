@@ -152,3 +152,19 @@ def test_batched_cuts_only_the_feeds_it_needs(tmp_path, cnn, reads):
     assert len(small) == 1  # 3 rows repeated to 6, one feed of 4: rows 0, 1, 2, 0
     np.testing.assert_array_equal(small.feeds[0]["input"], x[[0, 1, 2, 0], 0])
     assert small.labels[0].tolist() == lab[[0, 1, 2, 0], 0].tolist()
+
+
+def test_compressed_stack_is_decompressed_once_per_file(tmp_path, monkeypatch):
+    """Two inputs in one savez_compressed stack: reading feed after feed decompresses each member once, not per feed."""
+    from test_ingest import scalar_input
+
+    m, _ = scalar_input()
+    x = np.random.default_rng(2).standard_normal((6, 2, 16)).astype(np.float32)
+    np.savez_compressed(tmp_path / "z.npz", x=x, sr=np.full(6, 16000, np.int64))
+    s = load_samples(tmp_path / "z.npz", m)
+    loads = []
+    orig = np.load
+    monkeypatch.setattr(np, "load", lambda *a, **k: loads.append(a[0]) or orig(*a, **k))
+    feedstore._LAST.clear()
+    got = [f["x"] for f in s.feeds]
+    assert len(loads) == 2 and np.array_equal(np.stack(got), x)  # one decompression per member, 6 feeds
