@@ -84,32 +84,45 @@ def _npy_header(f) -> tuple[tuple[int, ...], bool, np.dtype]:
     return tuple(shape), bool(fortran), dtype
 
 
-def scan(path: Path) -> dict[str, ArrayRef]:
-    """name -> ArrayRef for every array in a .npz (or the one array of a .npy, named ''), reading headers only."""
+def scan(path: Path, verify: bool = True) -> dict[str, ArrayRef]:
+    """name -> ArrayRef for every array in a .npz (or the one array of a .npy, named ''), from the headers. A header
+    whose shape needs more bytes than the file holds is refused; with ``verify`` every .npz member is read through
+    once (8 MB at a time, nothing kept) so zipfile checks its CRC-32, as ``np.load`` did when it read everything."""
     if path.suffix.lower() == ".npy":
         with open(path, "rb") as f:
             shape, fortran, dtype = _npy_header(f)
-            return {"": ArrayRef(str(path), None, shape, dtype, fortran, f.tell())}
+            ref = ArrayRef(str(path), None, shape, dtype, fortran, f.tell())
+        _check_length(ref, path.stat().st_size - ref.offset)
+        return {"": ref}
     out = {}
     with zipfile.ZipFile(path) as z, open(path, "rb") as raw:
         for info in z.infolist():
             if not info.filename.endswith(".npy"):
                 continue
             name = info.filename[:-4]
+            with z.open(info) as f:
+                shape, fortran, dtype = _npy_header(f)
+                header_len = f.tell()
+                if verify:
+                    while f.read(8 << 20):
+                        pass
+            offset = None
             if info.compress_type == zipfile.ZIP_STORED:
                 raw.seek(info.header_offset)
                 local = raw.read(30)
                 if local[:4] != b"PK\x03\x04":
                     raise ValueError("bad zip local header")
                 n_name, n_extra = struct.unpack("<HH", local[26:30])
-                raw.seek(info.header_offset + 30 + n_name + n_extra)
-                shape, fortran, dtype = _npy_header(raw)
-                out[name] = ArrayRef(str(path), name, shape, dtype, fortran, raw.tell())
-            else:
-                with z.open(info) as f:
-                    shape, fortran, dtype = _npy_header(f)
-                out[name] = ArrayRef(str(path), name, shape, dtype, fortran, None)
+                offset = info.header_offset + 30 + n_name + n_extra + header_len
+            out[name] = ArrayRef(str(path), name, shape, dtype, fortran, offset)
+            _check_length(out[name], info.file_size - header_len)
     return out
+
+
+def _check_length(ref: ArrayRef, have: int) -> None:
+    if ref.size * ref.dtype.itemsize > have:
+        raise ValueError(f"{ref.member or 'the array'}: its header says {list(ref.shape)} {ref.dtype}, "
+                         f"{ref.size * ref.dtype.itemsize} bytes, the file holds {have}")
 
 
 def count_non_finite(ref: ArrayRef, stacked: bool) -> int:

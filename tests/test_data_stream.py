@@ -168,3 +168,25 @@ def test_compressed_stack_is_decompressed_once_per_file(tmp_path, monkeypatch):
     feedstore._LAST.clear()
     got = [f["x"] for f in s.feeds]
     assert len(loads) == 2 and np.array_equal(np.stack(got), x)  # one decompression per member, 6 feeds
+
+
+def test_lying_header_and_corrupt_member_are_refused(tmp_path, cnn):
+    import zipfile
+
+    header = np.lib.format.header_data_from_array_1_0(np.zeros((2, 1, 3, 8, 8), np.float32))
+    header["shape"] = (2**20, 1, 3, 8, 8)  # 768 MB promised, 0 bytes given
+    import io
+
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, header)
+    with zipfile.ZipFile(tmp_path / "huge.npz", "w") as z:
+        z.writestr("input.npy", buf.getvalue())
+    with pytest.raises(InputError, match="cannot read --data file"):
+        load_samples(tmp_path / "huge.npz", cnn)
+    x = np.ones((4, 1, 3, 8, 8), np.float32)
+    np.savez(tmp_path / "flip.npz", input=x)
+    b = bytearray((tmp_path / "flip.npz").read_bytes())
+    b[300] ^= 0x10  # inside the array's bytes: a finite float, caught only by the CRC
+    (tmp_path / "flip.npz").write_bytes(bytes(b))
+    with pytest.raises(InputError, match="cannot read --data file .*BadZipFile"):
+        load_samples(tmp_path / "flip.npz", cnn)
