@@ -33,9 +33,13 @@ test: install
 test-slow: install
 	$(PY) -m pytest -q -m slow
 
-# Ray executor + fleet tests on a real local Ray cluster. Ray (~240 MB installed) is an optional extra, not in `install`.
-test-ray: install
+# Ray executor + fleet tests on a real local Ray cluster (started by the tests: 2 CPUs, 2 pinned trial slots).
+# Ray (~240 MB installed) is an optional extra, not in `install`; installed once per venv (the stamp), .ci/run runs this.
+$(VENV)/.ray-installed: $(VENV)/.installed
 	$(PY) -m pip install -q -e '.[ray]'
+	touch $@
+
+test-ray: $(VENV)/.ray-installed
 	$(PY) -m pytest -q -m ray
 
 # The ISA-dependent tests as an AVX2-only CPU would run them (QEMU's TCG has AVX2, no AVX-512/VNNI): ORT picks its

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,7 @@ import onnx
 
 from .checks import check_finite
 from .errors import InputError
+from .feedstore import BatchedFeeds, DiskFeeds, Segment, bad_file, count_non_finite, row_counts, scan
 from .model import TensorSpec, signature
 
 LABELS_KEY = "labels"
@@ -19,9 +21,12 @@ _BATCH_NAMES = re.compile(r"^(batch|batch_size|n|b|bs|N|unk__\d+)$", re.I)
 
 @dataclass
 class Samples:
-    """A list of feeds (input name -> array), optional labels per feed, and where they came from."""
+    """A sequence of feeds (input name -> array), optional labels per feed, and where they came from.
 
-    feeds: list[dict[str, np.ndarray]]
+    ``feeds`` is a list, or for ``--data`` a ``feedstore.DiskFeeds`` that reads each feed from disk when indexed or
+    iterated (slices read nothing): take the slice you need, then iterate."""
+
+    feeds: Sequence[dict[str, np.ndarray]]
     labels: list[np.ndarray] | None = None
     synthetic: bool = False
     source: str = ""
@@ -37,27 +42,28 @@ class Samples:
         return Samples(self.feeds[:n], self.labels[:n] if self.labels else None, self.synthetic, self.source)
 
     def batched(self, batch: int) -> "Samples":
-        """Regroup feeds into feeds of ``batch`` rows along axis 0 (drops a ragged tail). Scalar (rank-0) inputs
-        have no batch axis: each new feed keeps the first feed's value."""
-        names = [k for k, v in self.feeds[0].items() if np.ndim(v) > 0]
-        scalars = {k: v for k, v in self.feeds[0].items() if np.ndim(v) == 0}
+        """Regroup feeds into feeds of ``batch`` rows along axis 0 (drops a ragged tail; repeats the rows when there
+        are fewer than ``batch``). Scalar (rank-0) inputs have no batch axis: each new feed keeps the first feed's
+        value. The new feeds are cut when used (``feedstore.BatchedFeeds``): taking one reads only its rows' feeds."""
+        first = self.feeds[0]
+        names = [k for k, v in first.items() if np.ndim(v) > 0]
+        scalars = {k: v for k, v in first.items() if np.ndim(v) == 0}
         if not names:
-            return Samples(list(self.feeds), self.labels, self.synthetic, self.source)
-        cat = {k: np.concatenate([f[k] for f in self.feeds], axis=0) for k in names}
-        rows = cat[names[0]].shape[0]
-        if rows < batch:
-            reps = -(-batch // rows)
-            cat = {k: np.concatenate([v] * reps, axis=0) for k, v in cat.items()}
-            rows = cat[names[0]].shape[0]
-        labels = np.concatenate(self.labels, axis=0) if self.labels else None
-        if labels is not None and labels.shape[0] < rows:
-            labels = np.concatenate([labels] * (-(-rows // labels.shape[0])), axis=0)
-        feeds, labs = [], []
-        for i in range(0, rows - batch + 1, batch):
-            feeds.append({**{k: v[i:i + batch] for k, v in cat.items()}, **scalars})
-            if labels is not None:
-                labs.append(labels[i:i + batch])
-        return Samples(feeds, labs if labels is not None else None, self.synthetic, self.source)
+            return Samples(self.feeds, self.labels, self.synthetic, self.source)
+        counts = row_counts(self.feeds, names)
+        if counts is None:
+            raise InputError(f"--data {self.source}: the inputs {names} have different batch sizes within a feed",
+                             "give every input the same leading (batch) axis")
+        rows = sum(counts)
+        reps = -(-batch // rows) if rows < batch else 1
+        feeds = BatchedFeeds(self.feeds, names, scalars, counts, batch, reps)
+        labs = None
+        if self.labels:
+            labels = np.concatenate(self.labels, axis=0)
+            if labels.shape[0] < rows * reps:
+                labels = np.concatenate([labels] * (-(-rows * reps // labels.shape[0])), axis=0)
+            labs = [labels[i * batch:(i + 1) * batch] for i in range(len(feeds))]
+        return Samples(feeds, labs, self.synthetic, self.source)
 
 
 _DIMS = re.compile(r"[0-9]+(?:x[0-9]+)*")
@@ -176,9 +182,12 @@ def synthetic_samples(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]
 
 
 def load_samples(path: str | Path, model: onnx.ModelProto, limit: int | None = None) -> Samples:
-    """Feeds from a .npz (one feed, or a stack with one extra leading axis) or a directory of .npz files.
+    """Feeds from a .npz (one feed, or a stack with one extra leading axis), a .npy (a one-input model's array, one
+    feed or a stack) or a directory of .npz files, read from disk per feed when used (``optkit.feedstore``).
 
-    An array named ``labels`` holds class labels (per feed, or per stacked feed)."""
+    Every file's names, shapes and dtypes are validated here from the array headers, and float arrays are scanned for
+    NaN/Inf a block at a time; no feed is held. An array named ``labels`` holds class labels (per feed, or per stacked
+    feed); labels are read here."""
     p = Path(path)
     if not p.exists():
         raise InputError(f"--data path not found: {p}", "pass a .npz file or a directory of .npz files")
@@ -187,55 +196,88 @@ def load_samples(path: str | Path, model: onnx.ModelProto, limit: int | None = N
         raise InputError(f"--data directory {p} holds no .npz files", "save feeds with numpy.savez(name=array, ...)")
     inputs, _ = signature(model)
     specs = {s.name: s for s in inputs}
-    feeds: list[dict[str, np.ndarray]] = []
-    labels: list[np.ndarray] = []
+    segments, labels, with_labels, total = [], [], 0, 0
     for f in files:
-        try:
-            with np.load(f, allow_pickle=False) as z:
-                arrays = {k: z[k] for k in z.files}
-        except Exception as e:
-            raise InputError(f"cannot read --data file {f}: {type(e).__name__}",
-                             "write it with numpy.savez(path, input_name=array, ...)") from e
-        check_finite(arrays, f"--data {f}")  # NaN/Inf: a data problem, said before any pass runs
-        lab = arrays.pop(LABELS_KEY, None)
-        unknown = sorted(set(arrays) - set(specs))
-        missing = sorted(set(specs) - set(arrays))
-        if unknown or missing:
-            raise InputError(
-                f"--data {f.name} does not match the model inputs"
-                + (f": unknown {unknown}" if unknown else "") + (f", missing {missing}" if missing else ""),
-                f"name the arrays after the model inputs {sorted(specs)} (plus optional '{LABELS_KEY}')")
-        arrays = {k: _squeeze_scalar(specs[k], v, arrays, specs) for k, v in arrays.items()}
-        stacked = {k: _is_stacked(specs[k], v) for k, v in arrays.items()}
-        if len(set(stacked.values())) > 1:
-            raise InputError(f"--data {f.name}: some arrays are stacked (extra leading axis) and some are not",
-                             "stack all inputs the same way")
-        for k, v in arrays.items():
-            _check_array(specs[k], v[0] if stacked[k] else v, f.name)
-        if any(stacked.values()):
-            counts = {v.shape[0] for v in arrays.values()}
-            if len(counts) != 1:
-                raise InputError(f"--data {f.name}: stacked arrays have different counts {sorted(counts)}",
-                                 "stack the same number of feeds for every input")
-            count = counts.pop()
-            if lab is not None and len(lab) != count:
-                raise InputError(f"--data {f.name}: '{LABELS_KEY}' has {len(lab)} rows for {count} stacked feeds",
-                                 "give one row of labels per stacked feed")
-            for i in range(count):
-                feeds.append({k: _cast(specs[k], v[i]) for k, v in arrays.items()})
-                if lab is not None:
-                    labels.append(np.asarray(lab[i]).reshape(-1))
-        else:
-            feeds.append({k: _cast(specs[k], v) for k, v in arrays.items()})
-            if lab is not None:
-                labels.append(np.asarray(lab).reshape(-1))
-        if limit and len(feeds) >= limit:
+        seg, lab = _segment(f, specs)
+        if limit and total + seg.count > limit:
+            seg = replace(seg, count=limit - total)
+            lab = lab[:seg.count] if lab is not None else None
+        segments.append(seg)
+        total += seg.count
+        if lab is not None:
+            labels += lab
+            with_labels += 1
+        if limit and total >= limit:
             break
-    if limit:
-        feeds, labels = feeds[:limit], labels[:limit]
-    if labels and len(labels) != len(feeds):
+    if with_labels and with_labels != len(segments):
         raise InputError(f"--data {p}: '{LABELS_KEY}' is present in some files only", "give labels for every feed or none")
-    return Samples(feeds, labels or None, synthetic=False, source=str(p))
+    return Samples(DiskFeeds(segments), labels or None, synthetic=False, source=str(p))
+
+
+def _segment(f: Path, specs: dict[str, TensorSpec]) -> tuple[Segment, list[np.ndarray] | None]:
+    """One --data file's feeds (headers validated, floats checked finite) and its labels."""
+    try:
+        refs = scan(f)
+    except Exception as e:
+        raise bad_file(f, e) from e
+    if set(refs) == {""}:  # a .npy: the one input's array
+        if len(specs) != 1:
+            raise InputError(f"--data {f.name} is a .npy file (one array), the model has inputs {sorted(specs)}",
+                             "save the inputs to one .npz: numpy.savez(path, input_name=array, ...)")
+        refs = {next(iter(specs)): refs[""]}
+    # header-only stand-ins (no memory): the checks below read shapes and dtypes, never values
+    arrays = {k: np.broadcast_to(np.zeros((), r.dtype), r.shape) for k, r in refs.items()}
+    check_finite({k: v for k, v in arrays.items() if v.size == 0}, f"--data {f}")  # empty arrays (a 0-length axis)
+    lab_ref = refs.pop(LABELS_KEY, None)
+    arrays.pop(LABELS_KEY, None)
+    unknown = sorted(set(arrays) - set(specs))
+    missing = sorted(set(specs) - set(arrays))
+    if unknown or missing:
+        raise InputError(
+            f"--data {f.name} does not match the model inputs"
+            + (f": unknown {unknown}" if unknown else "") + (f", missing {missing}" if missing else ""),
+            f"name the arrays after the model inputs {sorted(specs)} (plus optional '{LABELS_KEY}')")
+    squeezed = {k: _squeeze_scalar(specs[k], v, arrays, specs) for k, v in arrays.items()}
+    scalars = frozenset(k for k in arrays if squeezed[k].ndim != arrays[k].ndim)
+    stacked = {k: _is_stacked(specs[k], v) for k, v in squeezed.items()}
+    if len(set(stacked.values())) > 1:
+        raise InputError(f"--data {f.name}: some arrays are stacked (extra leading axis) and some are not",
+                         "stack all inputs the same way")
+    for k, v in squeezed.items():
+        _check_array(specs[k], v[0] if stacked[k] else v, f.name)
+    is_stacked = any(stacked.values())
+    count = 1
+    if is_stacked:
+        counts = {v.shape[0] for v in squeezed.values()}
+        if len(counts) != 1:
+            raise InputError(f"--data {f.name}: stacked arrays have different counts {sorted(counts)}",
+                             "stack the same number of feeds for every input")
+        count = counts.pop()
+        if lab_ref is not None and (lab_ref.ndim == 0 or lab_ref.shape[0] != count):
+            raise InputError(f"--data {f.name}: '{LABELS_KEY}' has {lab_ref.shape[0] if lab_ref.ndim else 1} rows "
+                             f"for {count} stacked feeds", "give one row of labels per stacked feed")
+    _check_values(f, refs, lab_ref, is_stacked)
+    seg = Segment(refs, count, is_stacked, {k: np.dtype(specs[k].dtype) for k in refs}, scalars)
+    if lab_ref is None:
+        return seg, None
+    lab = lab_ref.read()
+    return seg, ([np.asarray(lab[i]).reshape(-1) for i in range(count)] if is_stacked else [np.asarray(lab).reshape(-1)])
+
+
+def _check_values(f: Path, refs: dict, lab_ref, stacked: bool) -> None:
+    """NaN/Inf in the float arrays (a data problem, said before any pass runs), a block of rows at a time."""
+    every = {**refs, **({LABELS_KEY: lab_ref} if lab_ref is not None else {})}
+    try:
+        bad = {k: c for k, r in every.items() if (c := count_non_finite(r, stacked and k != LABELS_KEY))}
+    except InputError:
+        raise
+    except Exception as e:
+        raise bad_file(f, e) from e
+    if bad:
+        what = ", ".join(f"'{k}' holds {c} of {every[k].size}" for k, c in bad.items())
+        raise InputError(f"--data {f}: non-finite values (NaN/Inf): {what}",
+                         "replace or drop those values (numpy.nan_to_num, or remove the feeds) before optimizing "
+                         "or benchmarking")
 
 
 def _is_stacked(spec: TensorSpec, arr: np.ndarray) -> bool:

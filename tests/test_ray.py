@@ -1,4 +1,5 @@
-"""The Ray executor and the fleet command on a real local Ray cluster (``ray.init(num_cpus=2)``, one trial slot).
+"""The Ray executor and the fleet command on a real local Ray cluster (``ray.init(num_cpus=2)``, two trial slots of
+one CPU each: placement groups, actors pinned to their slot's CPU).
 
 Marked ``ray`` (excluded from the default run: starting the cluster and its workers takes tens of seconds here);
 ``make test-ray`` runs them."""
@@ -21,7 +22,7 @@ FAST = {"rounds": 1, "round_time": 0.02, "trial_timeout": 60}
 def cluster():
     from optkit.ray_executor import SLOT
 
-    ray.init(num_cpus=2, resources={SLOT: 1}, include_dashboard=False, log_to_driver=False,
+    ray.init(num_cpus=2, resources={SLOT: 2}, include_dashboard=False, log_to_driver=False,
              runtime_env={"env_vars": {"PYTHONPATH": str(__import__("conftest").REPO), "OPTKIT_NO_CACHE": "1"}})
     yield
     ray.shutdown()
@@ -42,7 +43,7 @@ def test_replay_protocol_through_ray(cluster):
     table["ort-int8/t2/b4"] = {"status": "failed", "error": "child process killed by SIGKILL"}
     ex = RayExecutor(replay=table)
     try:
-        assert ex.workers == 1 and ex.name == "ray"
+        assert ex.workers == 2 and ex.name == "ray"
         via_ray = sv.search(_space(table), ex, _spec, sampler="grid")
         local = sv.search(_space(table), sv.ReplayExecutor(table), _spec, sampler="grid")
     finally:
@@ -119,3 +120,33 @@ def test_fleet_over_three_models_one_crashing(cluster, tmp_path, monkeypatch):
     assert (tmp_path / "out" / "m0" / "1" / "manifest.json").is_file()
     assert (tmp_path / "out" / "m1" / "1" / "model.onnx").is_file()
     assert json.loads(open(res["summary_path"]).read())["failed"] == 1 and res["executor"] == "ray"
+
+
+def test_slots_are_pinned_to_disjoint_cpus(cluster, tmp_path):
+    """Two slots (placement groups of {CPU: 1, trial_slot: 1}): each actor's threads and the trial children it starts
+    are pinned to its own CPU, the two never share one; two trials run at once each report their slot's CPU, and a
+    trial asking for more threads than its slot has fails instead of timing an oversubscribed run."""
+    import os
+
+    from optkit.ray_executor import RayExecutor
+
+    ex = RayExecutor()
+    try:
+        assert ex.workers == 2 and ex.slot_cpus == 1 and len(ex.groups) == 2
+        aff = ex.affinities()
+        cpus = [a["cpus"] for a in aff]
+        assert all(len(c) == 1 for c in cpus) and not set(cpus[0]) & set(cpus[1]), aff
+        assert set(cpus[0]) | set(cpus[1]) <= os.sched_getaffinity(0)
+        for a in aff:
+            assert a["threads"] == a["cpus"] and a["child"] == a["cpus"], a  # every thread, and what it spawns
+        spec = _real_spec(tmp_path)
+        wide = sv.TrialSpec("ort-fp32", 2, 1, payload=spec.payload, timeout=60)
+        r1, r2, too_wide = ex.run_many([spec, sv.TrialSpec("ort-fp32", 1, 2, payload=spec.payload, timeout=60), wide])
+        assert r1["status"] == "ok" and r2["status"] == "ok", (r1, r2)
+        assert r1["cpus"] != r2["cpus"] and {tuple(r1["cpus"]), tuple(r2["cpus"])} == {tuple(c) for c in cpus}
+        assert too_wide["status"] == "failed" and "2 threads" in too_wide["error"] and len(too_wide["cpus"]) == 1
+        ex._replace(0)  # a replaced actor takes the CPU block its predecessor held (the flock died with it)
+        assert sorted(a["cpus"][0] for a in ex.affinities()) == sorted(c[0] for c in cpus)
+    finally:
+        ex.close()
+    assert not ex.groups
