@@ -440,6 +440,17 @@ def test_bias_compensation_needs_real_samples():
         Prune(dict(ratio=0.5, importance="activation")).run(m, Context())
 
 
+def test_bias_compensation_skipped_when_measuring_fails():
+    """Samples the model cannot run: l1 pruning still happens, without compensation, and the facts say why."""
+    m = _const_channels_cnn()
+    bad = Samples([{"x": np.zeros((1, 5, 8, 8), np.float32)}], source="test")  # 5 channels, the model takes 3
+    res = Prune(dict(ratio=0.0, layers={"conv1": 0.5}, min_channels=1)).run(m, Context(samples=bad, evaluator=Evaluator()))
+    assert res.modified and _w(res.model, "conv1").shape[0] == 8
+    assert res.metrics["compensation"]["applied"] is False and res.metrics["compensation"]["why_not"] == "measure_failed"
+    conv2 = next(n for n in res.model.graph.node if n.name == "conv2")
+    assert res.metrics["compensation"]["error"] and len(conv2.input) == 2  # no bias was added
+
+
 @pytest.mark.parametrize("with_bias", [True, False])
 def test_bias_compensation_on_an_mlp(with_bias):
     """Dead neurons with a positive bias output a constant: folded into fc2's bias Add, or an inserted Add."""
