@@ -134,7 +134,7 @@ class Prune(Pass):
                          "mislead it); pass --data" if synthetic else "no samples"))
         elif not cfg.compensate:
             why_not = "disabled"
-        if comp is None:
+        if comp is None and why_not != "measure_failed":  # that one keeps the error _stats recorded
             facts["compensation"] = {"applied": False, "why_not": why_not or "no_statistics"}
         return comp
 
