@@ -244,11 +244,17 @@ def test_construct_through_recipe(built, construct, recipe, tmp_path):
     log = man["pass_log"]
     entry = man["ingest"]
     assert entry["pass"] == "ingest" and entry["exact"] and entry["notes"]
+    steps = [st["step"] for st in entry["steps"]]
     if construct == "scalar_input":  # nothing in the graph to normalize (the data side handles scalars): no row
-        assert not entry["modified"] and log[0]["pass"] != "ingest"
+        assert not entry["modified"] and log[0]["pass"] != "ingest" and entry["steps"] == []
     else:
         assert entry["modified"] and log[0] == entry, log[0]
-        assert entry.get("vs_input") is not None or "does not run in onnxruntime" in entry["notes"][-1]
+        assert entry["steps"][-1]["step"] == "numerics" and len(entry["steps"]) == len(entry["notes"])
+        assert (entry["steps"][-1]["checked"] and entry.get("vs_input") is not None) or \
+            entry["steps"][-1] == {"step": "numerics", "checked": False, "reason": "input_does_not_run"}
+        assert {"external_data": "external_data", "neg_dims": "symbolic_dims", "if_subgraph": "control_flow",
+                "loop_subgraph": "control_flow", "constant_weights": "constant_weights",
+                "fp16_weights": "casts_folded"}.get(construct, "numerics") in steps, steps
     # numerics: the artifact's model vs the input model, both in plain onnxruntime, on the feeds optimize used
     normalized, _ = normalize(onnx.load(str(path)))
     feeds = get_samples(normalized, data, None).feeds[:4]
@@ -292,8 +298,10 @@ def test_ir3_normalized(built):
     m, notes = normalize(onnx.load(str(built["ir3_opset9"][0])))
     assert m.ir_version >= 7 and m.opset_import[0].version == 13
     assert [i.name for i in m.graph.input] == ["data"]
-    text = " ".join(notes)
-    assert "7 initializer(s) were also listed as graph inputs" in text and "opset 9 -> 13" in text
+    steps = {st["step"]: st for st in notes.steps}
+    assert steps["initializer_inputs_dropped"]["count"] == 7 and len(notes) == len(notes.steps)
+    assert steps["opset_upgrade"] == {"step": "opset_upgrade", "before": 9, "after": 13}
+    assert steps["ir_upgrade"]["before"] == 3 and steps["ir_upgrade"]["after"] == m.ir_version
     onnx.checker.check_model(m, full_check=True)
 
 
@@ -305,7 +313,8 @@ def test_constants_identity_cast_become_initializers(built):
         weights = [n.input[1] for n in m.graph.node if n.op_type in ("MatMul", "Add")]
         assert len(weights) == 3 and set(weights) <= set(inits), name
         assert all(t.data_type == F for t in inits.values()), name
-        assert notes, name
+        assert {"constant_weights": "constant_weights", "identity_weights": "identity_removed",
+                "fp16_weights": "casts_folded"}[name] in [st["step"] for st in notes.steps], (name, notes.steps)
 
 
 def test_subgraph_names_and_constants(built):
@@ -315,7 +324,9 @@ def test_subgraph_names_and_constants(built):
     names = [n.name for n in _all_nodes(m)]
     assert all(names) and len(set(names)) == len(names)
     assert not any(n.op_type == "Constant" for n in _all_nodes(m))
-    assert any("control flow Ifx1" in n for n in notes) and any("node names made unique" in n for n in notes)
+    steps = {st["step"]: st for st in notes.steps}
+    assert steps["control_flow"]["ops"] == {"If": 1} and steps["unique_names"]["left"] == 0
+    assert steps["unique_names"]["empty"] + steps["unique_names"]["duplicate"] > 0
 
 
 def test_duplicate_names_in_one_graph():
@@ -328,7 +339,8 @@ def test_duplicate_names_in_one_graph():
     with pytest.raises(Exception, match="same node name"):
         ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
     out, notes = normalize(m)
-    assert len({n.name for n in out.graph.node}) == 4 and "3 duplicate" in notes[0]
+    assert len({n.name for n in out.graph.node}) == 4
+    assert notes.steps == [{"step": "unique_names", "empty": 0, "duplicate": 3, "left": 0}]
     ort.InferenceSession(out.SerializeToString(), providers=["CPUExecutionProvider"])
 
 
@@ -342,14 +354,15 @@ def test_onnx_ir_failure_falls_back(built, monkeypatch):
     monkeypatch.setattr(ing, "_ir_steps", boom)
     m, notes = normalize(onnx.load(str(built["ir3_opset9"][0])))
     assert [i.name for i in m.graph.input] == ["data"] and m.opset_import[0].version == 13
-    assert "onnx_ir could not read the model (ValueError: unsupported thing)" in notes[0]
+    assert notes.steps[0] == {"step": "ir_steps_skipped", "error": "ValueError"}
+    assert {"step": "initializer_inputs_dropped", "count": 7} in notes.steps  # the proto-level fallback ran
 
 
 def test_neg_dims_are_symbolic(built):
     m, notes = normalize(onnx.load(str(built["neg_dims"][0])))
     inputs, outputs = signature(m)
     assert inputs[0].shape == ("batch", 3, "x_dim2", "x_dim3")
-    assert "dim_value -1/0" in notes[0]
+    assert notes.steps[0] == {"step": "symbolic_dims", "count": 4}
     # the raw model's -1 dims are symbolic for the data side too (the reported 'expects [-1, 3, ?, ?]')
     raw = onnx.load(str(built["neg_dims"][0]))
     s = load_samples(built["neg_dims"][1], raw)
@@ -358,7 +371,7 @@ def test_neg_dims_are_symbolic(built):
 
 def test_clean_model_adds_no_pass_log_row(tmp_path, tiny_cnn, cnn_data):
     man = optimize(tiny_cnn(tmp_path / "m.onnx"), "fp32-ort", data=cnn_data(tmp_path / "d.npz"), output=tmp_path / "o")
-    assert man["ingest"]["notes"] == ["nothing to normalize"] and not man["ingest"]["modified"]
+    assert man["ingest"]["steps"] == [] and not man["ingest"]["modified"]
     assert [e["pass"] for e in man["pass_log"]] == ["fuse", "simplify"]
 
 
@@ -384,7 +397,7 @@ def test_legacy_ops_upgraded():
     m.graph.input.append(helper.make_tensor_value_info("scales", F, [4]))
     out, notes = normalize(m)
     assert not any(n.op_type in ("ImageScaler", "Upsample") for n in out.graph.node)
-    assert "ImageScaler (removed after opset 9) -> Mul+Add: 1" in notes
+    assert {"step": "image_scaler", "count": 1} in notes.steps
     feeds = [{"x": RNG.standard_normal((1, 2, 4, 4)).astype(np.float32)}]
     got = check(m, out, feeds)
     if got["checked"]:
@@ -425,7 +438,7 @@ def test_fp16_compute_through_recipes(tmp_path):
             assert e.value.exit_code == 2 and isinstance(e.value, PassError)
             continue
         man = optimize(path, recipe, output=tmp_path / "o", max_trials=2, allow_miss=True)
-        assert any("float16 weights used directly" in n for n in man["ingest"]["notes"])
+        assert {"step": "fp16_weights", "count": 1} in man["ingest"]["steps"]
         if recipe == "auto-ort":  # the INT8 candidates say why they were skipped; fp32/fp16 ran
             skipped = {c["candidate"]: c["skipped"] for c in man["candidates"] if "skipped" in c}
             assert {"int8-static", "int8-dynamic"} <= set(skipped) and "float32 weights" in skipped["int8-static"]

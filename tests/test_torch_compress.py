@@ -161,13 +161,9 @@ def torch_name(onnx_node_name: str) -> str:
     return onnx_node_name.split("/")[-2]
 
 
-def onnx_skipped(notes: list[str]) -> dict[str, str]:
-    out = {}
-    for n in notes:
-        if n.startswith("skipped "):
-            name, why = n[len("skipped "):].split(": ", 1)
-            out[torch_name(name)] = why
-    return out
+def onnx_skipped(metrics: dict) -> dict[str, dict]:
+    """The ONNX prune pass's skipped layers by torch name: {name: {"reason": code, "via": node, "op": op type}}."""
+    return {torch_name(name): facts for name, facts in metrics["skipped"].items()}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -228,7 +224,7 @@ def test_prune_keep_counts_follow_the_onnx_rule():
     assert rep["layers"]["6"]["after"] == _keep_count(32, 0.3, cfg) == 24  # 22 -> multiple of 4
     assert pm[0].out_channels == 16 and pm[2].out_channels == 8 and pm[6].out_features == 24
     _, rep2 = prune(m, 0.3, example_inputs=(X,), skip=["nope"])
-    assert any("nope" in n for n in rep2["notes"])
+    assert rep2["unknown_names"] == ["nope"] and rep["unknown_names"] == []
 
 
 def test_prune_inplace():
@@ -262,7 +258,7 @@ def test_prune_consistent_with_onnx_pass(kind, importance, scope):
     assert rep["layers"], "nothing was pruned"
     assert {k: v["after"] for k, v in rep["layers"].items()} == \
         {torch_name(k): v["kept"] for k, v in res.metrics["layers"].items()}
-    assert set(rep["skipped"]) == set(onnx_skipped(res.notes))
+    assert set(rep["skipped"]) == set(onnx_skipped(res.metrics))
     assert any(v["after"] < v["before"] for v in rep["layers"].values())
     assert float(np.abs(ort(a) - ort(b)).max()) < 1e-4
     assert float(np.abs(run(pm) - ort(b)).max()) < 1e-4
@@ -298,7 +294,8 @@ def test_prune_follows_pad_and_per_channel_parameters():
     assert run(pm).shape == (2, 4)
     # the ONNX export computes F.pad's pads at run time: the ONNX pass follows them only once simplified
     res = Prune({"ratio": 0.5, "compensate": False}).run(export(m), Context())
-    assert "run-time pads" in onnx_skipped(res.notes)["conv"]
+    assert onnx_skipped(res.metrics)["conv"]["reason"] == "runtime_params"
+    assert onnx_skipped(res.metrics)["conv"]["op"] == "Pad"
 
 
 def test_prune_residual_block_is_skipped():
@@ -309,7 +306,9 @@ def test_prune_residual_block_is_skipped():
     assert rep["layers"] == {"fc1": {"before": 32, "after": 16, "kept": rep["layers"]["fc1"]["kept"]}}
     assert pm.stem.out_channels == pm.res.out_channels == 16 and pm.fc1.out_features == 16
     res = Prune({"ratio": 0.5, "compensate": False}).run(export(m), Context())
-    assert set(onnx_skipped(res.notes)) == {"stem", "res", "fc2"}
+    skipped = onnx_skipped(res.metrics)
+    assert {k: v["reason"] for k, v in skipped.items()} == {"stem": "residual", "res": "residual",
+                                                            "fc2": "graph_output"}
     assert float(np.abs(run(pm) - ort(res.model)).max()) < 1e-4
 
 

@@ -40,4 +40,4 @@ class Fp16(Pass):
         casts = sum(1 for n in out.graph.node if n.op_type == "Cast") - sum(1 for n in model.graph.node if n.op_type == "Cast")
         blocked = sorted({n.op_type for n in model.graph.node if n.op_type in cfg.op_blocklist})
         notes = [f"casts added: {casts}", "kept float32: " + (", ".join(blocked) if blocked else "none")]
-        return PassResult(out, notes=notes)
+        return PassResult(out, notes=notes, metrics={"casts_added": casts, "kept_float32": blocked})

@@ -3,7 +3,9 @@
 - transformers: onnxruntime.transformers' optimizer (Attention, LayerNorm, GELU, SkipLayerNorm, bias fusions);
 - convolutional / MLP graphs: onnxslim's fusion patterns (Conv+BN, Conv+Add, Conv+Mul, Pad+Conv,
   MatMul+Add -> Gemm, ...).
-The pass log says which fusions fired and which did not.
+The pass log says which fusions fired and which did not; the metrics say the same as facts: ``model_type`` (and
+``detected``), ``fired`` ({fused op: count}), ``missed`` (fusions that found no pattern), ``graph_patterns``
+(whether onnxslim's patterns ran) and ``ops`` ({op type: count change} of the whole pass).
 """
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ from dataclasses import dataclass
 import onnx
 
 from . import Context, Pass, PassConfig, PassResult, option, register_pass
-from .simplify import histogram_delta
+from .simplify import op_delta
 
 _TRANSFORMER_TYPES = ("bert", "bart", "gpt2", "vit", "clip", "t5", "phi", "conformer", "swin")
 _REPORTED = ("EmbedLayerNormalization", "Attention", "MultiHeadAttention", "SkipLayerNormalization",
@@ -52,18 +54,24 @@ class Fuse(Pass):
         if mtype == "auto":
             mtype = "bert" if looks_like_transformer(model) else "none"
             notes.append(f"model type: {mtype} (detected)")
+        facts: dict = {"model_type": mtype, "detected": cfg.model_type == "auto", "fired": {}, "missed": [],
+                       "graph_patterns": False}
         out = model
         if mtype != "none":
             out, fired, missed = _ort_transformer_fusion(out, mtype, cfg)
+            facts.update(fired=dict(fired), missed=list(missed))
             notes.append("fired: " + (", ".join(f"{k}x{v}" for k, v in fired.items()) or "none"))
             if missed:
                 notes.append("did not fire (pattern not found): " + ", ".join(missed))
         if cfg.graph_patterns == "yes" or (cfg.graph_patterns == "auto" and mtype == "none"):
             before = out
             out = _onnxslim_fusion(out)
-            delta = histogram_delta(before, out)
-            notes.append("onnxslim patterns: " + (", ".join(delta) if delta else "nothing left to fuse"))
-        return PassResult(out, modified=bool(histogram_delta(model, out)), notes=notes)
+            delta = op_delta(before, out)
+            facts.update(graph_patterns=True, pattern_ops=delta)
+            notes.append("onnxslim patterns: " + (", ".join(f"{op} {d:+d}" for op, d in delta.items())
+                                                  if delta else "nothing left to fuse"))
+        facts["ops"] = op_delta(model, out)
+        return PassResult(out, modified=bool(facts["ops"]), notes=notes, metrics=facts)
 
 
 def _ort_transformer_fusion(model: onnx.ModelProto, mtype: str, cfg: FuseConfig):

@@ -141,8 +141,8 @@ def energy_rank(s: np.ndarray, energy: float) -> int:
     return int(min(s.size, np.searchsorted(c, energy * c[-1] * (1 - 1e-12)) + 1))
 
 
-def _choose_rank(layer: _Layer, s: np.ndarray, cfg: LowRankConfig) -> tuple[int, str, str | None]:
-    """(rank, source, remark) for one layer."""
+def _choose_rank(layer: _Layer, s: np.ndarray, cfg: LowRankConfig) -> tuple[int, str, int | None]:
+    """(rank, source, the multiple_of rounding refused because it would save nothing, or None) for one layer."""
     full = min(layer.k, layer.n)
     if layer.name in cfg.ranks:
         return min(int(cfg.ranks[layer.name]), full), "ranks", None
@@ -151,14 +151,14 @@ def _choose_rank(layer: _Layer, s: np.ndarray, cfg: LowRankConfig) -> tuple[int,
     else:
         r, source = energy_rank(s, cfg.energy), "energy"
     r = min(max(r, cfg.min_rank), full)
-    remark = None
+    refused = None
     if cfg.multiple_of > 1 and r % cfg.multiple_of and r <= layer.max_useful_rank:
         up = -(-r // cfg.multiple_of) * cfg.multiple_of
         if up <= layer.max_useful_rank:
             r = up
         else:
-            remark = f"rank {up} (multiple of {cfg.multiple_of}) would save nothing, kept {r}"
-    return r, source, remark
+            refused = up
+    return r, source, refused
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -259,7 +259,7 @@ class LowRank(Pass):
             ctx.warn(f"lowrank: {msg}")
         if cfg.energy >= 1.0 and cfg.keep_flops <= 0 and not cfg.ranks:
             notes.append("energy 1.0 keeps every singular value and no keep_flops/ranks given: nothing to factorize")
-            return PassResult(model, modified=False, notes=notes, metrics={"layers": {}})
+            return PassResult(model, modified=False, notes=notes, metrics={"layers": {}, "unknown_ranks": unknown})
 
         m = onnx.ModelProto()
         m.CopyFrom(model)
@@ -267,7 +267,7 @@ class LowRank(Pass):
         inits = {t.name: t for t in g.initializer}
         fresh = _Names(m)
         opset = _opset(m)
-        skipped: dict[str, str] = {}
+        skipped: dict[str, dict] = {}  # name -> {"reason": "skip_list" | "min_size" | "needs_opset", ...}
         chosen: list[tuple[_Layer, int, str]] = []
         metrics: dict[str, dict] = {}
         svd_cache: dict[tuple, tuple] = {}
@@ -278,14 +278,14 @@ class LowRank(Pass):
         for layer in layers:
             layer.node = g.node[layer.index]
             if layer.name in cfg.skip:
-                skipped[layer.name] = "skip"
+                skipped[layer.name] = {"reason": "skip_list"}
                 continue
             if layer.why_not:
-                skipped[layer.name] = layer.why_not
+                skipped[layer.name] = {"reason": "needs_opset", "min_opset": 11}
                 notes.append(f"{layer.name}: {layer.why_not}, kept")
                 continue
             if layer.k * layer.n < cfg.min_size and layer.name not in cfg.ranks:
-                skipped[layer.name] = f"min_size ({layer.k * layer.n} < {cfg.min_size} elements)"
+                skipped[layer.name] = {"reason": "min_size", "elements": layer.k * layer.n, "min_size": cfg.min_size}
                 continue
             full = min(layer.k, layer.n)
             orient = "T" if layer.kind == "Conv" or (layer.kind == "Gemm" and _attr(layer.node, "transB", 0)) else "N"
@@ -295,14 +295,15 @@ class LowRank(Pass):
                 u, s, vt = np.linalg.svd(w, full_matrices=False)
                 svd_cache[key] = (w, u, s, vt)
             w, u, s, vt = svd_cache[key]
-            r, source, remark = _choose_rank(layer, s, cfg)
-            if remark:
-                notes.append(f"{layer.name}: {remark}")
+            r, source, refused = _choose_rank(layer, s, cfg)
+            facts = {"max_useful_rank": layer.max_useful_rank, **({"not_rounded_to": refused} if refused else {})}
+            if refused:
+                notes.append(f"{layer.name}: rank {refused} (multiple of {cfg.multiple_of}) would save nothing, kept {r}")
             if r > layer.max_useful_rank:
                 notes.append(f"{layer.name}: rank {r} of {full} saves nothing, kept "
                              f"(factorizing pays only up to rank {layer.max_useful_rank})")
                 metrics[layer.name] = {"k": layer.k, "n": layer.n, "rank": full, "requested_rank": r, "source": source,
-                                       "factorized": False, "energy": 1.0, "rel_error": 0.0, "flops_ratio": 1.0}
+                                       "factorized": False, "energy": 1.0, "rel_error": 0.0, "flops_ratio": 1.0, **facts}
                 continue
 
             dtype = numpy_helper.to_array(inits[layer.weight]).dtype
@@ -318,19 +319,19 @@ class LowRank(Pass):
             replacements[layer.index] = self._rewrite(layer, a, b, r, key, inits, fresh, new_inits, factor_cache, opset)
             chosen.append((layer, r, source))
             metrics[layer.name] = {"k": layer.k, "n": layer.n, "rank": r, "source": source, "factorized": True,
-                                   "energy": energy, "rel_error": rel, "flops_ratio": ratio}
+                                   "energy": energy, "rel_error": rel, "flops_ratio": ratio, **facts}
             notes.append(f"{layer.name} [{layer.k}x{layer.n}] rank {r} (energy {energy:.3f}, rel. error {rel:.2g}, "
                          f"FLOPs {ratio:.2f})" + (" [ranks]" if source == "ranks" else ""))
 
         by_reason: dict[str, list[str]] = {}
         for name, why in skipped.items():
-            by_reason.setdefault(why.split(" (")[0], []).append(name)
+            by_reason.setdefault(why["reason"], []).append(name)
         for why, names in by_reason.items():
-            if why in ("skip", "min_size"):
+            if why in ("skip_list", "min_size"):
                 shown = ", ".join(names[:6]) + (f", ... ({len(names)} in all)" if len(names) > 6 else "")
-                notes.append(f"left as is ({why}): {shown}")
+                notes.append(f"left as is ({'skip' if why == 'skip_list' else why}): {shown}")
 
-        result_metrics: dict = {"layers": metrics}
+        result_metrics: dict = {"layers": metrics, "unknown_ranks": unknown}
         if skipped:
             result_metrics["skipped"] = skipped
         if not replacements:

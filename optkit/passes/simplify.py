@@ -1,4 +1,7 @@
-"""Graph simplification (onnxsim, falling back to onnxslim) and static-shape fixing."""
+"""Graph simplification (onnxsim, falling back to onnxslim) and static-shape fixing.
+
+Simplify's metrics: ``engine`` (the one that ran), ``failed`` (engines that raised first) with their ``errors``,
+``ops`` ({op type: count change}) and ``fixed_shapes`` (input -> dims fixed first, {} when none)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -10,15 +13,15 @@ from ..onnxtools import onnxsim as _onnxsim, onnxslim as _onnxslim  # module nam
 from . import Context, Pass, PassConfig, PassResult, option, register_pass
 
 
-def histogram_delta(before: onnx.ModelProto, after: onnx.ModelProto) -> list[str]:
-    """['BatchNormalization -5', 'Gemm +1', ...]: which op types a rewrite removed or added."""
+def op_delta(before: onnx.ModelProto, after: onnx.ModelProto) -> dict[str, int]:
+    """{'BatchNormalization': -5, 'Gemm': 1, ...}: which op types a rewrite removed or added (changes only)."""
     a, b = op_histogram(before), op_histogram(after)
-    out = []
-    for op in sorted(set(a) | set(b)):
-        d = b.get(op, 0) - a.get(op, 0)
-        if d:
-            out.append(f"{op} {d:+d}")
-    return out
+    return {op: b.get(op, 0) - a.get(op, 0) for op in sorted(set(a) | set(b)) if b.get(op, 0) != a.get(op, 0)}
+
+
+def histogram_delta(before: onnx.ModelProto, after: onnx.ModelProto) -> list[str]:
+    """['BatchNormalization -5', 'Gemm +1', ...]: ``op_delta`` as note text."""
+    return [f"{op} {d:+d}" for op, d in op_delta(before, after).items()]
 
 
 @dataclass(frozen=True)
@@ -41,6 +44,7 @@ class Simplify(Pass):
         cfg: SimplifyConfig = self.config
         notes = []
         fix = cfg.fix_shapes == "yes" or (cfg.fix_shapes == "auto" and bool(ctx.shapes))
+        facts: dict = {"fixed_shapes": {k: list(v) for k, v in ctx.shapes.items()} if fix else {}}
         if fix:
             model = _fix_shapes(model, ctx.shapes)
             notes.append("fixed input shapes: " + ", ".join(f"{k}={'x'.join(map(str, v))}" for k, v in ctx.shapes.items()))
@@ -55,9 +59,10 @@ class Simplify(Pass):
             if errors:
                 notes.append("fell back: " + "; ".join(errors))
             notes.append(f"engine: {engine}")
-            delta = histogram_delta(model, out)
-            notes.append("ops: " + (", ".join(delta) if delta else "no change"))
-            return PassResult(out, modified=bool(delta) or fix, notes=notes)
+            delta = op_delta(model, out)
+            notes.append("ops: " + (", ".join(f"{op} {d:+d}" for op, d in delta.items()) if delta else "no change"))
+            facts.update(engine=engine, failed=[e.split(": ", 1)[0] for e in errors], errors=errors, ops=delta)
+            return PassResult(out, modified=bool(delta) or fix, notes=notes, metrics=facts)
         from ..errors import PassError
         raise PassError("simplify: every engine failed (" + "; ".join(errors) + ")",
                         "drop 'simplify' from the recipe or report the model")

@@ -239,7 +239,8 @@ def prune(model: nn.Module, ratio: float = 0.3, *, example_inputs, importance: s
     norms, times the scale of a BatchNorm right after a Conv) | activation (needs ``calib_inputs``, a list of
     input tuples). ``scope``: layer | global. ``layers``: per-layer ratios by module name. Returns the pruned
     model (a deep copy unless ``inplace``) and a report: ``layers`` {name: {before, after, kept}}, ``skipped``
-    {name: reason}, ``flops_before/after``, ``params_before/after``, ``notes``."""
+    {name: reason}, ``unknown_names`` (skip/layers entries that name no layer), ``flops_before/after``,
+    ``params_before/after``, ``notes``."""
     pre = "prune: "
     ratio = _real("ratio", ratio, pre)
     _choice("importance", importance, ("l1", "l2", "activation"), pre)
@@ -275,9 +276,8 @@ def prune(model: nn.Module, ratio: float = 0.3, *, example_inputs, importance: s
     found, skipped = _analyze(tr)
     notes: list[str] = []
     by_name = {layer.name: layer for layer in found}
-    for name in list(cfg.layers) + list(cfg.skip):
-        if name not in by_name and name not in skipped:
-            notes.append(f"no prunable layer named {name!r} (in skip/layers): ignored")
+    unknown = [name for name in list(cfg.layers) + list(cfg.skip) if name not in by_name and name not in skipped]
+    notes += [f"no prunable layer named {name!r} (in skip/layers): ignored" for name in unknown]
     for name in cfg.skip:
         if name in by_name:
             skipped[name] = "in the skip list"
@@ -301,7 +301,7 @@ def prune(model: nn.Module, ratio: float = 0.3, *, example_inputs, importance: s
     _apply(work, chosen)
     return work, {"layers": report_layers, "skipped": skipped, "flops_before": flops_before,
                   "flops_after": count_flops(work, inputs), "params_before": params_before,
-                  "params_after": _params(work), "notes": notes}
+                  "params_after": _params(work), "unknown_names": unknown, "notes": notes}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -414,7 +414,8 @@ def lowrank(model: nn.Module, *, energy: float = 0.95, keep_flops: float = 0.0, 
     def done():
         return work, {"layers": report_layers, "skipped": skipped, "flops_before": flops_before,
                       "flops_after": count_flops(work, inputs) if inputs is not None else None,
-                      "params_before": params_before, "params_after": _params(work), "notes": notes}
+                      "params_before": params_before, "params_after": _params(work), "unknown_ranks": unknown,
+                      "notes": notes}
 
     if cfg.energy >= 1.0 and cfg.keep_flops <= 0 and not cfg.ranks:
         notes.append("energy 1.0 keeps every singular value and no keep_flops/ranks given: nothing to factorize")

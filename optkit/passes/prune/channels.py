@@ -35,7 +35,14 @@ class _Plan:
 
 
 class _Fail(Exception):
-    pass
+    """Why a layer cannot be pruned: the sentence the notes show, a reason code (``residual``, ``graph_output``,
+    ``unsupported_op``, ...) and the node that stops it; ``facts`` is what the pass's ``skipped`` metrics record."""
+
+    def __init__(self, msg: str, reason: str, node: onnx.NodeProto | None = None, **extra):
+        super().__init__(msg)
+        self.reason = reason
+        self.facts = {"reason": reason, **({"via": layer_name(node), "op": node.op_type} if node is not None else {}),
+                      **extra}
 
 
 def _expand(keep: np.ndarray, block: int) -> np.ndarray:
@@ -51,7 +58,8 @@ def _const_broadcast(gr: _Graph, plan: _Plan, i: int, j: int, c: _Chan, L: int) 
     if p < 0 or v.shape[p] == 1:
         return
     if v.shape[p] != L:
-        raise _Fail(f"constant {gr.nodes[i].input[j]} of {gr.nodes[i].op_type} does not broadcast per channel")
+        raise _Fail(f"constant {gr.nodes[i].input[j]} of {gr.nodes[i].op_type} does not broadcast per channel",
+                    "not_per_channel", gr.nodes[i])
     plan.slices.append((i, j, p, c.block))
 
 
@@ -62,7 +70,7 @@ def _axes(gr: _Graph, node: onnx.NodeProto, input_index: int):
     if len(node.input) > input_index and node.input[input_index]:
         v = gr.const(node.input[input_index])
         if v is None:
-            raise _Fail(f"{node.op_type} {layer_name(node)} has run-time axes")
+            raise _Fail(f"{node.op_type} {layer_name(node)} has run-time axes", "runtime_params", node)
         return [int(x) for x in np.atleast_1d(v)]
     return None
 

@@ -25,30 +25,33 @@ class _Layer:
 
 
 def _producer_spec(gr: _Graph, i: int):
-    """(weight input index, output axis in the weight, rank of the output or None, channel axis) or a reason."""
+    """(weight input index, output axis in the weight, rank of the output or None, channel axis), or a ``_Fail``
+    saying why the layer is not prunable; None for a node that is not a layer."""
     n = gr.nodes[i]
     if n.domain not in _STD:
         return None
     if n.op_type in ("Conv", "ConvTranspose"):
         w = gr.const(n.input[1]) if len(n.input) > 1 else None
         if w is None:
-            return "weight is not a constant" + (" (an initializer that is also a graph input can be replaced at run "
-                                                 "time; re-export without keep_initializers_as_inputs)"
-                                                 if len(n.input) > 1 and n.input[1] in gr.init else "")
+            if len(n.input) > 1 and n.input[1] in gr.init:
+                return _Fail("weight is not a constant (an initializer that is also a graph input can be replaced at "
+                             "run time; re-export without keep_initializers_as_inputs)", "weight_is_graph_input", n)
+            return _Fail("weight is not a constant", "nonconst_weight", n)
         if w.ndim < 3:
-            return f"weight rank {w.ndim} is not a conv weight"
+            return _Fail(f"weight rank {w.ndim} is not a conv weight", "weight_rank", n)
         g = int(_attr(n, "group", 1))
         if g != 1:
-            return f"grouped/depthwise conv (group={g}): its output channels are tied to its input channels"
+            return _Fail(f"grouped/depthwise conv (group={g}): its output channels are tied to its input channels",
+                         "grouped_conv", n, group=g)
         if len(n.input) > 2 and n.input[2] and gr.const(n.input[2]) is None:
-            return "bias is not a constant"
+            return _Fail("bias is not a constant", "nonconst_bias", n)
         return (1, 0 if n.op_type == "Conv" else 1, w.ndim, -(w.ndim - 1))
     if n.op_type == "Gemm":
         w = gr.const(n.input[1]) if len(n.input) > 1 else None
         if w is None or w.ndim != 2:
             return None  # activation x activation: not a layer
         if len(n.input) > 2 and n.input[2] and gr.const(n.input[2]) is None:
-            return "bias is not a constant"
+            return _Fail("bias is not a constant", "nonconst_bias", n)
         return (1, 0 if _attr(n, "transB", 0) else 1, 2, -1)
     if n.op_type == "MatMul":
         w = gr.const(n.input[1]) if len(n.input) > 1 else None
@@ -80,20 +83,21 @@ def _bn_factor(gr: _Graph, pi: int) -> tuple[np.ndarray | None, int | None]:
     return np.abs(scale.astype(np.float64)) / np.sqrt(var.astype(np.float64) + eps), i
 
 
-def _analyze(gr: _Graph) -> tuple[list[_Layer], dict[str, str]]:
+def _analyze(gr: _Graph) -> tuple[list[_Layer], dict[str, _Fail]]:
+    """The prunable layers, and for every other Conv/Gemm/MatMul layer the ``_Fail`` saying why not."""
     layers, skipped = [], {}
     for i, n in enumerate(gr.nodes):
         spec = _producer_spec(gr, i)
         if spec is None:
             continue
         name = gr.names[i]
-        if isinstance(spec, str):
+        if isinstance(spec, _Fail):
             skipped[name] = spec
             continue
         try:
             plan = trace(gr, i, spec)
         except _Fail as e:
-            skipped[name] = str(e)
+            skipped[name] = e
             continue
         w = gr.const(n.input[spec[0]])
         l1, l2 = _importance(w, spec[1])

@@ -2,7 +2,7 @@
 
 A rule gets the node that reads a tensor carrying the layer's channels and either records what must change
 (``_Plan``) and where the channels go next (``t.set_out``), or raises ``_Fail`` with the reason the layer cannot be
-pruned safely. An op with no rule stops the trace. Rules are grouped by op family (``FAMILIES``, names shared with
+pruned safely (a sentence for the notes, a reason code and the node for the ``skipped`` metrics). An op with no rule stops the trace. Rules are grouped by op family (``FAMILIES``, names shared with
 the fx tracer of ``optkit.torch.prune``); to teach the pruner a new op, add it to a family or give it a rule in
 ``RULES``.
 """
@@ -43,12 +43,12 @@ class _Trace:
         gr = self.gr
         for extra in list(node.output)[k + 1:]:
             if extra and (gr.consumers.get(extra) or extra in gr.outputs):
-                raise _Fail(f"extra output {extra} of {node.op_type} {layer_name(node)} is used")
+                raise _Fail(f"extra output {extra} of {node.op_type} {layer_name(node)} is used", "extra_output", node)
         o = node.output[k]
         if o in gr.outputs:
-            raise _Fail(f"channels reach graph output {o}")
+            raise _Fail(f"channels reach graph output {o}", "graph_output", node)
         if o in gr.sub_refs:
-            raise _Fail(f"channels reach {o}, used inside a subgraph")
+            raise _Fail(f"channels reach {o}, used inside a subgraph", "subgraph", node)
         self.chan[o] = c
 
 
@@ -57,14 +57,14 @@ Rule = Callable[[_Trace, int, onnx.NodeProto, list, _Chan], None]
 
 def _unary(t: _Trace, i: int, n: onnx.NodeProto, hits: list, c: _Chan) -> None:
     if hits != [0]:
-        raise _Fail(f"output feeds a parameter input of {n.op_type} {layer_name(n)}")
+        raise _Fail(f"output feeds a parameter input of {n.op_type} {layer_name(n)}", "parameter_input", n)
     t.set_out(n, c)
 
 
 def _binary(t: _Trace, i: int, n: onnx.NodeProto, hits: list, c: _Chan) -> None:
     op, nm, gr = n.op_type, layer_name(n), t.gr
     if op in ("Pow", "PRelu") and hits != [0]:
-        raise _Fail(f"output feeds the {'exponent' if op == 'Pow' else 'slope'} of {op} {nm}")
+        raise _Fail(f"output feeds the {'exponent' if op == 'Pow' else 'slope'} of {op} {nm}", "parameter_input", n)
     rank_out = c.rank
     for j, name in enumerate(n.input):
         if not name or j in hits:
@@ -79,8 +79,8 @@ def _binary(t: _Trace, i: int, n: onnx.NodeProto, hits: list, c: _Chan) -> None:
         if s is not None and (c.rank is None or len(s) <= c.rank) and (len(s) + c.axis < 0 or s[len(s) + c.axis] == 1):
             continue  # broadcasts along the channels (e.g. a [N,1,H,W] spatial map)
         if op in ("Add", "Sum", "Sub"):
-            raise _Fail(f"output feeds {op} with another activation (residual) at node {nm!r}")
-        raise _Fail(f"output feeds {op} {nm!r} together with another activation")
+            raise _Fail(f"output feeds {op} with another activation (residual) at node {nm!r}", "residual", n)
+        raise _Fail(f"output feeds {op} {nm!r} together with another activation", "other_activation", n)
     s_out = gr.shape(n.output[0])
     t.set_out(n, _Chan(c.axis, len(s_out) if s_out is not None else rank_out, c.block))
 
@@ -88,7 +88,7 @@ def _binary(t: _Trace, i: int, n: onnx.NodeProto, hits: list, c: _Chan) -> None:
 def _on_channel_axis(n: onnx.NodeProto, hits: list, c: _Chan, what: str) -> None:
     """Ops that read the channels on NCHW axis 1, unblocked, as their data input."""
     if hits != [0] or c.pos() != 1 or c.block != 1:
-        raise _Fail(f"output feeds {n.op_type} {layer_name(n)} {what}")
+        raise _Fail(f"output feeds {n.op_type} {layer_name(n)} {what}", "layout", n)
 
 
 def _pool(t: _Trace, i: int, n: onnx.NodeProto, hits: list, c: _Chan) -> None:
@@ -101,7 +101,8 @@ def _norm(t: _Trace, i: int, n: onnx.NodeProto, hits: list, c: _Chan) -> None:
     for j in range(1, 5 if n.op_type == "BatchNormalization" else 3):
         v = t.gr.const(n.input[j]) if len(n.input) > j else None
         if v is None or v.shape != (t.L0,):
-            raise _Fail(f"{n.op_type} {layer_name(n)} has non-constant or non-per-channel parameters")
+            raise _Fail(f"{n.op_type} {layer_name(n)} has non-constant or non-per-channel parameters",
+                        "not_per_channel", n)
         t.plan.slices.append((i, j, 0, 1))
     t.set_out(n, c)
 
@@ -111,33 +112,33 @@ def _conv(t: _Trace, i: int, n: onnx.NodeProto, hits: list, c: _Chan) -> None:
     _on_channel_axis(n, hits, c, "as weight/bias or on another axis")
     w2 = gr.const(n.input[1]) if len(n.input) > 1 else None
     if w2 is None:
-        raise _Fail(f"output feeds {op} {nm} whose weight is not a constant")
+        raise _Fail(f"output feeds {op} {nm} whose weight is not a constant", "nonconst_weight", n)
     g = int(_attr(n, "group", 1))
     if g == 1:
         if w2.shape[1 if op == "Conv" else 0] != L:
-            raise _Fail(f"{op} {nm} weight does not match the channel count")
+            raise _Fail(f"{op} {nm} weight does not match the channel count", "weight_mismatch", n)
         t.plan.slices.append((i, 1, 1 if op == "Conv" else 0, 1))
         t.plan.terminals.append((i, n.input[0], c))
     elif op == "Conv" and g == L and w2.shape[0] == L and w2.shape[1] == 1:
         t.plan.slices.append((i, 1, 0, 1))  # depthwise: its channels are ours
         if len(n.input) > 2 and n.input[2]:
             if gr.const(n.input[2]) is None:
-                raise _Fail(f"depthwise conv {nm} bias is not a constant")
+                raise _Fail(f"depthwise conv {nm} bias is not a constant", "nonconst_bias", n)
             t.plan.slices.append((i, 2, 0, 1))
         t.plan.groups.append(i)
         t.set_out(n, c)
     else:
-        raise _Fail(f"output feeds grouped conv {nm} (group={g})")
+        raise _Fail(f"output feeds grouped conv {nm} (group={g})", "grouped_conv", n)
 
 
 def _gemm(t: _Trace, i: int, n: onnx.NodeProto, hits: list, c: _Chan) -> None:
     nm, L = layer_name(n), t.L0 * c.block
     w2 = t.gr.const(n.input[1])
     if hits != [0] or int(_attr(n, "transA", 0)) or c.axis != -1 or w2 is None or w2.ndim != 2:
-        raise _Fail(f"output feeds Gemm {nm} other than as A with a constant B")
+        raise _Fail(f"output feeds Gemm {nm} other than as A with a constant B", "layout", n)
     a = 1 if int(_attr(n, "transB", 0)) else 0
     if w2.shape[a] != L:
-        raise _Fail(f"Gemm {nm} weight does not match the feature count")
+        raise _Fail(f"Gemm {nm} weight does not match the feature count", "weight_mismatch", n)
     t.plan.slices.append((i, 1, a, c.block))
     t.plan.terminals.append((i, n.input[0], c))
 
@@ -146,9 +147,9 @@ def _matmul(t: _Trace, i: int, n: onnx.NodeProto, hits: list, c: _Chan) -> None:
     nm, L = layer_name(n), t.L0 * c.block
     w2 = t.gr.const(n.input[1]) if len(n.input) > 1 else None
     if hits != [0] or c.axis != -1 or w2 is None or w2.ndim != 2:
-        raise _Fail(f"output feeds MatMul {nm} other than as the input of a constant 2-D weight")
+        raise _Fail(f"output feeds MatMul {nm} other than as the input of a constant 2-D weight", "layout", n)
     if w2.shape[0] != L:
-        raise _Fail(f"MatMul {nm} weight does not match the feature count")
+        raise _Fail(f"MatMul {nm} weight does not match the feature count", "weight_mismatch", n)
     t.plan.slices.append((i, 1, 0, c.block))
     t.plan.terminals.append((i, n.input[0], c))
 
@@ -161,20 +162,20 @@ def _flat_layout(t: _Trace, n: onnx.NodeProto, c: _Chan) -> tuple[tuple | None, 
     if n.op_type == "Flatten":
         a = int(_attr(n, "axis", 1))
         if r is None or (a + r if a < 0 else a) != p:
-            raise _Fail(f"output feeds Flatten {layer_name(n)} that mixes channels with other dims")
+            raise _Fail(f"output feeds Flatten {layer_name(n)} that mixes channels with other dims", "mixes_channels", n)
     inner = 1
     if p is not None and r is not None and p + 1 < r:
         tail = s[p + 1:] if s is not None and len(s) == r else None
         if tail is None or any(d is None for d in tail):
             raise _Fail(f"output feeds {n.op_type} {layer_name(n)} and the size after the channel axis is unknown "
-                        "(pass --shape to fix the input size)")
+                        "(pass --shape to fix the input size)", "unknown_shape", n)
         inner = int(np.prod(tail))
     return s, r, p, inner
 
 
 def _flatten(t: _Trace, i: int, n: onnx.NodeProto, hits: list, c: _Chan) -> None:
     if hits != [0]:
-        raise _Fail(f"output feeds the shape input of Flatten {layer_name(n)}")
+        raise _Fail(f"output feeds the shape input of Flatten {layer_name(n)}", "shape_input", n)
     _s, _r, _p, inner = _flat_layout(t, n, c)
     t.set_out(n, _Chan(-1, 2, c.block * inner))
 
@@ -182,7 +183,7 @@ def _flatten(t: _Trace, i: int, n: onnx.NodeProto, hits: list, c: _Chan) -> None
 def _reshape(t: _Trace, i: int, n: onnx.NodeProto, hits: list, c: _Chan) -> None:
     nm, L = layer_name(n), t.L0 * c.block
     if hits != [0]:
-        raise _Fail(f"output feeds the shape input of Reshape {nm}")
+        raise _Fail(f"output feeds the shape input of Reshape {nm}", "shape_input", n)
     s, _r, p, inner = _flat_layout(t, n, c)
     tv = t.gr.const(n.input[1]) if len(n.input) > 1 else None
     tgt = [int(x) for x in tv.reshape(-1)] if tv is not None and tv.ndim == 1 else None
@@ -198,21 +199,21 @@ def _reshape(t: _Trace, i: int, n: onnx.NodeProto, hits: list, c: _Chan) -> None
     elif tgt is None and p == 1 and _dynamic_flatten_shape(t.gr, n.input[1]):
         t.set_out(n, _Chan(-1, 2, c.block * inner))  # torch's x.view(x.size(0), -1)
     else:
-        raise _Fail(f"output feeds Reshape {nm} that mixes channels with other dims")
+        raise _Fail(f"output feeds Reshape {nm} that mixes channels with other dims", "mixes_channels", n)
 
 
 def _squeeze(t: _Trace, i: int, n: onnx.NodeProto, hits: list, c: _Chan) -> None:
     op, nm = n.op_type, layer_name(n)
     if hits != [0] or c.rank is None:
-        raise _Fail(f"output feeds {op} {nm} with unknown rank")
+        raise _Fail(f"output feeds {op} {nm} with unknown rank", "unknown_shape", n)
     axes = _axes(t.gr, n, 1)
     if axes is None:
-        raise _Fail(f"output feeds {op} {nm} without axes")
+        raise _Fail(f"output feeds {op} {nm} without axes", "runtime_params", n)
     p = c.pos()
     if op == "Squeeze":
         ax = sorted({a + c.rank if a < 0 else a for a in axes})
         if p in ax:
-            raise _Fail(f"Squeeze {nm} removes the channel axis")
+            raise _Fail(f"Squeeze {nm} removes the channel axis", "removes_channel_axis", n)
         new_rank = c.rank - len(ax)
         new_p = p - sum(1 for a in ax if a < p)
     else:
@@ -224,7 +225,8 @@ def _squeeze(t: _Trace, i: int, n: onnx.NodeProto, hits: list, c: _Chan) -> None
 
 def _shape(t: _Trace, i: int, n: onnx.NodeProto, hits: list, c: _Chan) -> None:
     if not _shape_readers_ok(t.gr, i, c.pos()):
-        raise _Fail(f"the shape of the channels is read by {layer_name(n)} (channel count used at run time)")
+        raise _Fail(f"the shape of the channels is read by {layer_name(n)} (channel count used at run time)",
+                    "shape_read", n)
 
 
 def _resize(t: _Trace, i: int, n: onnx.NodeProto, hits: list, c: _Chan) -> None:
@@ -234,37 +236,37 @@ def _resize(t: _Trace, i: int, n: onnx.NodeProto, hits: list, c: _Chan) -> None:
     sizes = n.input[3] if op == "Resize" and len(n.input) > 3 else ""
     sc = t.gr.const(n.input[sc_idx]) if len(n.input) > sc_idx and n.input[sc_idx] else None
     if sizes or sc is None or sc.size <= 1 or float(sc.reshape(-1)[1]) != 1.0:
-        raise _Fail(f"output feeds {op} {layer_name(n)} that sets the channel count")
+        raise _Fail(f"output feeds {op} {layer_name(n)} that sets the channel count", "sets_channel_count", n)
     t.set_out(n, c)
 
 
 def _pad(t: _Trace, i: int, n: onnx.NodeProto, hits: list, c: _Chan) -> None:
     nm = layer_name(n)
     if hits != [0] or c.rank is None:
-        raise _Fail(f"output feeds Pad {nm} with unknown rank")
+        raise _Fail(f"output feeds Pad {nm} with unknown rank", "unknown_shape", n)
     pads = _attr(n, "pads")
     if pads is None:
         pads = t.gr.const(n.input[1]) if len(n.input) > 1 else None
     if pads is None or (len(n.input) > 3 and n.input[3]):
-        raise _Fail(f"Pad {nm} has run-time pads or axes")
+        raise _Fail(f"Pad {nm} has run-time pads or axes", "runtime_params", n)
     pads = [int(x) for x in np.atleast_1d(pads)]
     p = c.pos()
     if len(pads) != 2 * c.rank or pads[p] != 0 or pads[p + c.rank] != 0:
-        raise _Fail(f"Pad {nm} pads the channel axis")
+        raise _Fail(f"Pad {nm} pads the channel axis", "pads_channel_axis", n)
     t.set_out(n, c)
 
 
 def _reduce(t: _Trace, i: int, n: onnx.NodeProto, hits: list, c: _Chan) -> None:
     op, nm = n.op_type, layer_name(n)
     if hits != [0] or c.rank is None or c.block != 1:
-        raise _Fail(f"output feeds {op} {nm} with unknown rank")
+        raise _Fail(f"output feeds {op} {nm} with unknown rank", "unknown_shape", n)
     axes = _axes(t.gr, n, 1)
     if not axes:
-        raise _Fail(f"{op} {nm} reduces over every axis")
+        raise _Fail(f"{op} {nm} reduces over every axis", "reduces_all_axes", n)
     ax = sorted({a + c.rank if a < 0 else a for a in axes})
     p = c.pos()
     if p in ax:
-        raise _Fail(f"{op} {nm} reduces over the channels")
+        raise _Fail(f"{op} {nm} reduces over the channels", "reduction_axis", n)
     if int(_attr(n, "keepdims", 1)):
         t.set_out(n, c)
     else:
@@ -308,9 +310,9 @@ def _start(gr: _Graph, pi: int, spec) -> _Trace:
             plan.slices.append((pi, 2, 0, 1))
     out = prod.output[0]
     if out in gr.sub_refs:
-        raise _Fail(f"output {out} is used inside a subgraph")
+        raise _Fail(f"output {out} is used inside a subgraph", "subgraph", prod)
     if out in gr.outputs:
-        raise _Fail(f"output {out} is a graph output")
+        raise _Fail(f"output {out} is a graph output", "graph_output", prod)
     return _Trace(gr, plan, L0, {out: _Chan(axis, rank)})
 
 
@@ -324,12 +326,12 @@ def trace(gr: _Graph, pi: int, spec) -> _Plan:
             continue
         op, nm = n.op_type, layer_name(n)
         if n.domain not in _STD:
-            raise _Fail(f"output feeds {n.domain}.{op} {nm}")
+            raise _Fail(f"output feeds {n.domain}.{op} {nm}", "custom_op", n)
         c = t.chan[n.input[hits[0]]]
         if any(t.chan[n.input[j]] != c for j in hits):
-            raise _Fail(f"output reaches {op} {nm} twice with different layouts")
+            raise _Fail(f"output reaches {op} {nm} twice with different layouts", "layout", n)
         rule = RULES.get(op)
         if rule is None:
-            raise _Fail(f"output feeds {op} {nm!r}")
+            raise _Fail(f"output feeds {op} {nm!r}", "unsupported_op", n)
         rule(t, i, n, hits, c)
     return t.plan

@@ -74,7 +74,7 @@ class Sparsify(Pass):
         inits = {t.name: t for t in g.initializer}
         graph_inputs = {v.name for v in g.input}
         done: dict[str, np.ndarray] = {}
-        layers, notes = {}, []
+        layers, notes, skipped = {}, [], {}
         zeros = total = 0
         for n in g.node:
             if n.domain not in _STD or n.op_type not in ("Conv", "Gemm", "MatMul") or len(n.input) < 2:
@@ -84,6 +84,7 @@ class Sparsify(Pass):
                 continue
             if name in cfg.skip:
                 notes.append(f"skipped {name}: in the skip list")
+                skipped[name] = {"reason": "skip_list"}
                 continue
             w = numpy_helper.to_array(inits[src])
             if w.ndim < 2 or w.dtype.kind != "f":
@@ -93,6 +94,7 @@ class Sparsify(Pass):
                     ax = _reduction_axis(n, w)
                     if w.shape[ax] % 4:
                         notes.append(f"skipped {name}: reduction axis of {w.shape[ax]} is not a multiple of 4")
+                        skipped[name] = {"reason": "reduction_axis", "size": int(w.shape[ax])}
                         continue
                     new = _two_four(w, ax)
                 else:
@@ -106,4 +108,5 @@ class Sparsify(Pass):
         notes.insert(0, f"{len(layers)} weight(s) sparsified, {cfg.pattern}"
                         + ("" if cfg.pattern == "2:4" else f" {cfg.sparsity:.0%}") + f": {overall:.1%} zeros overall")
         notes.append(SPARSE_NOTE)
-        return PassResult(m, modified=bool(layers), notes=notes, metrics={"layers": layers, "sparsity": round(overall, 4)})
+        return PassResult(m, modified=bool(layers), notes=notes,
+                          metrics={"layers": layers, "sparsity": round(overall, 4), "skipped": skipped})

@@ -1,5 +1,13 @@
 """``prune``: the pass. Finds the prunable layers, measures what it needs (through ``ctx.evaluate``), chooses the
-kept channels, compensates biases and rewrites the graph; the notes and metrics say what happened and why."""
+kept channels, compensates biases and rewrites the graph; the notes and metrics say what happened and why.
+
+Metrics (for programs and tests; the notes say the same for people): ``layers`` (kept/total/ratio/importance_lost
+per prunable layer), ``params_before``/``params_after``, ``skipped`` ({layer: {"reason": code, "via": node, "op":
+op type, ...}}: ``skip_list``, ``residual``, ``graph_output``, ``grouped_conv``, ``unsupported_op``,
+``mixes_channels``, ...), ``kept_whole`` (layers the ratio/min_channels left whole), ``compensation`` ({"applied":
+bool, "why_not": ``disabled`` | ``no_samples`` | ``synthetic`` | ``measure_failed``, "consumers", "samples"}),
+``importance`` ({"method", "scope", "bn_scaled"}), ``attention`` (attention MatMuls seen and left as they are) and
+``unknown_names`` (skip/layers entries that name no node)."""
 from __future__ import annotations
 
 import dataclasses
@@ -82,45 +90,55 @@ class Prune(Pass):
         gr = _Graph(model, getattr(ctx, "shapes", None))
         layers, skipped = _analyze(gr)
         notes: list[str] = []
+        facts: dict = {"params_before": before, "compensation": {"applied": False}}
         by_name = {layer.name: layer for layer in layers}
-        for name in list(cfg.layers) + list(cfg.skip):
-            if name not in by_name and name not in skipped and name not in gr.names:
-                notes.append(f"no node named {name!r} (in skip/layers): ignored")
+        unknown = [n for n in list(cfg.layers) + list(cfg.skip) if n not in by_name and n not in skipped
+                   and n not in gr.names]
+        notes += [f"no node named {name!r} (in skip/layers): ignored" for name in unknown]
         active = [layer for layer in layers if layer.name not in cfg.skip]
-        stats = self._stats(gr, active, ctx, real, notes)
+        stats = self._stats(gr, active, ctx, real, notes, facts)
         imp: dict[str, np.ndarray] = {}
         for layer in active:
             v = _activation_importance(gr, layer, stats) if cfg.importance == "activation" else None
             imp[layer.name] = v if v is not None else (layer.importance_l2 if cfg.importance == "l2" else layer.importance_l1)
-        chosen, metrics_layers = self._choose(active, imp, notes)
-        for name in cfg.skip:
-            if name in by_name:
-                notes.append(f"skipped {name}: in the skip list")
-        for name, why in skipped.items():
-            notes.append(f"skipped {name}: {why}")
-        if _looks_like_attention(gr):
+        chosen, facts["layers"], facts["kept_whole"] = self._choose(active, imp, notes)
+        facts["skipped"] = _skips(cfg, by_name, skipped, notes)
+        facts["unknown_names"], facts["attention"] = unknown, _looks_like_attention(gr)
+        if facts["attention"]:
             notes.append("attention-head pruning not implemented (attention MatMuls left as they are)")
         if not chosen:
             notes.append("nothing pruned")
-            return PassResult(model, modified=False, notes=notes,
-                              metrics={"layers": metrics_layers, "params_before": before, "params_after": before})
-        comp = None
-        if cfg.compensate and stats:
-            comp = _compensation(gr, chosen, {k: v[0] for k, v in stats.items()})
-            notes.append(f"bias compensation: the mean of each removed channel folded into {comp.layers} consumer "
-                         f"bias(es), measured on {min(len(samples), cfg.max_samples)} feed(s) from {samples.source or 'samples'}")
-        elif cfg.compensate and not real:
-            notes.append("bias compensation skipped: " + ("the samples are synthetic (their activation means would "
-                         "mislead it); pass --data" if samples is not None and len(samples) else "no samples"))
+            return PassResult(model, modified=False, notes=notes, metrics={**facts, "params_after": before})
+        comp = self._compensate(gr, chosen, stats, samples, real, notes, facts)
         out = _apply(gr, chosen, comp)
         _check_shapes(model, out)
         after = param_count(out)
-        notes.append(self._importance_note(gr, chosen))
+        notes.append(self._importance_note(gr, chosen, facts))
         notes.append(f"params {before:,} \u2192 {after:,} ({(after - before) / max(before, 1):+.1%})")
-        return PassResult(out, modified=True, notes=notes,
-                          metrics={"layers": metrics_layers, "params_before": before, "params_after": after})
+        return PassResult(out, modified=True, notes=notes, metrics={**facts, "params_after": after})
 
-    def _stats(self, gr: _Graph, active: list[_Layer], ctx: Context, real: bool, notes: list[str]) -> dict:
+    def _compensate(self, gr: _Graph, chosen: list, stats: dict, samples, real: bool, notes: list[str], facts: dict):
+        """The bias compensation of the removed channels (None when it does not apply); notes and facts say why."""
+        cfg: PruneConfig = self.config
+        comp, why_not = None, facts["compensation"].get("why_not")
+        if cfg.compensate and stats:
+            comp = _compensation(gr, chosen, {k: v[0] for k, v in stats.items()})
+            n = min(len(samples), cfg.max_samples)
+            facts["compensation"] = {"applied": True, "consumers": comp.layers, "samples": n}
+            notes.append(f"bias compensation: the mean of each removed channel folded into {comp.layers} consumer "
+                         f"bias(es), measured on {n} feed(s) from {samples.source or 'samples'}")
+        elif cfg.compensate and not real:
+            synthetic = samples is not None and len(samples) > 0
+            why_not = "synthetic" if synthetic else "no_samples"
+            notes.append("bias compensation skipped: " + ("the samples are synthetic (their activation means would "
+                         "mislead it); pass --data" if synthetic else "no samples"))
+        elif not cfg.compensate:
+            why_not = "disabled"
+        if comp is None and why_not != "measure_failed":  # that one keeps the error _stats recorded
+            facts["compensation"] = {"applied": False, "why_not": why_not or "no_statistics"}
+        return comp
+
+    def _stats(self, gr: _Graph, active: list[_Layer], ctx: Context, real: bool, notes: list[str], facts: dict) -> dict:
         """Per-channel (mean, variance) of what the consumers read, when importance or compensation needs them."""
         cfg: PruneConfig = self.config
         want = cfg.importance == "activation" or (cfg.compensate and real)
@@ -136,10 +154,12 @@ class Prune(Pass):
                 raise PassError(f"prune: measuring activations failed: {type(e).__name__}: "
                                 f"{str(e).splitlines()[0][:200] if str(e) else ''}", "use importance l1/l2") from e
             notes.append(f"bias compensation skipped: measuring activations failed ({type(e).__name__})")
+            facts["compensation"] = {"applied": False, "why_not": "measure_failed", "error": type(e).__name__}
             return {}
 
-    def _choose(self, active: list[_Layer], imp: dict, notes: list[str]) -> tuple[list, dict]:
-        """[(layer, kept channel indices)] for the layers that lose channels, and per-layer metrics."""
+    def _choose(self, active: list[_Layer], imp: dict, notes: list[str]) -> tuple[list, dict, list]:
+        """[(layer, kept channel indices)] for the layers that lose channels, per-layer metrics, the layers kept
+        whole."""
         cfg: PruneConfig = self.config
         counts = keep_counts(active, imp, cfg)
         chosen, metrics_layers, whole = [], {}, []
@@ -158,15 +178,30 @@ class Prune(Pass):
         if whole:
             notes.append(f"kept whole (min_channels={cfg.min_channels}, multiple_of={cfg.multiple_of} or ratio): "
                          + ", ".join(whole))
-        return chosen, metrics_layers
+        return chosen, metrics_layers, whole
 
-    def _importance_note(self, gr: _Graph, chosen: list) -> str:
+    def _importance_note(self, gr: _Graph, chosen: list, facts: dict) -> str:
         cfg: PruneConfig = self.config
+        bn = cfg.importance != "activation" and any(gr.nodes[i].op_type == "BatchNormalization"
+                                                    for layer, _ in chosen for i, *_ in layer.plan.slices)
+        facts["importance"] = {"method": cfg.importance, "scope": cfg.scope, "bn_scaled": bn}
         if cfg.importance == "activation":
             return f"importance: activation variance x consumer weight norm on the samples, scope {cfg.scope}"
-        bn = any(gr.nodes[i].op_type == "BatchNormalization" for layer, _ in chosen for i, *_ in layer.plan.slices)
         return (f"importance: {cfg.importance} norm of each filter/neuron"
                 + (" times the scale of the BatchNormalization after it" if bn else "") + f", scope {cfg.scope}")
+
+
+def _skips(cfg: PruneConfig, by_name: dict, skipped: dict, notes: list[str]) -> dict[str, dict]:
+    """{layer: facts} for the skip list and the layers the analysis refused; one note each."""
+    out: dict[str, dict] = {}
+    for name in cfg.skip:
+        if name in by_name:
+            notes.append(f"skipped {name}: in the skip list")
+            out[name] = {"reason": "skip_list"}
+    for name, fail in skipped.items():
+        notes.append(f"skipped {name}: {fail}")
+        out[name] = dict(fail.facts)
+    return out
 
 
 def _check_shapes(model: onnx.ModelProto, out: onnx.ModelProto) -> None:
