@@ -27,14 +27,14 @@ def pause():
     marker.write_text("ready")
     time.sleep(120)
 
-import optkit.api as api, optkit.report as report
-if phase == "staged":  # model.onnx is in the staging directory, nothing committed
-    _save = api.save_model
+import optkit.job as job, optkit.report as report
+if phase == "staged":  # model.onnx is in the staging directory, nothing committed (optimize's steps save through job)
+    _save = job.save_model
     def save_model(m, p):
         r = _save(m, p)
         pause()
         return r
-    api.save_model = save_model
+    job.save_model = save_model
 elif phase == "sealed":  # everything written and fsynced, right before the rename
     import optkit.artifact as art
     _sync = art.sync_tree
