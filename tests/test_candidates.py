@@ -138,3 +138,31 @@ def test_simpler_candidates_are_recovered_first(monkeypatch):
     recovered = [c for c, phase in ran if phase == "recover"]
     assert recovered == ["int8", "prune-int8"]
     assert {r["candidate"]: r for r in rows}["int8"]["chosen"]
+
+
+def test_a_noisy_tie_is_settled_head_to_head(monkeypatch):
+    """fp32 probed 0.34-1.69x against the input overlaps INT8's 1.42-1.59x; timed head to head, INT8 is measurably
+    faster, so the tie (which fp32 would win on accuracy) does not stand."""
+    from optkit.candidates import choose
+
+    def run(order, name, med, lo, hi, margin, model_tag):
+        return (order, name, SimpleNamespace(model=onnx.ModelProto(doc_string=model_tag)),
+                {"passed": True, "passes": [name], "speed": {"median": med, "lo": lo, "hi": hi},
+                 "metric": {"margin": margin}})
+
+    fp32 = run(0, "fp32", 1.05, 0.34, 1.69, 0.01, "fp32")
+    dyn = run(1, "int8-dynamic", 1.52, 1.42, 1.59, 0.007, "dyn")
+    chosen, _ = choose([fp32, dyn])  # without head-to-head timing, the noisy tie goes to the more accurate
+    assert chosen[1] == "fp32"
+    asked = []
+
+    def direct(a, b):
+        asked.append((a[1], b[1]))
+        return {"median": 1.45, "lo": 1.40, "hi": 1.50, "rounds": 6, "verdict": "faster"}  # b faster than a
+
+    chosen, why = choose([fp32, dyn], direct)
+    assert chosen[1] == "int8-dynamic" and asked == [("fp32", "int8-dynamic")]
+    assert fp32[3]["vs_fastest"]["verdict"] == "faster"
+    # a real tie (head to head holds 1.0) still goes to the more accurate
+    chosen, why = choose([fp32, dyn], lambda a, b: {"median": 1.0, "lo": 0.95, "hi": 1.05, "rounds": 6, "verdict": "tie"})
+    assert chosen[1] == "fp32" and "head to head" in why
