@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
+from ..cache import probe_compare
 from .trials import Judge, Outcome, better, config_diff, pick
 
 QUANT_OPS = {"Conv", "MatMul", "Gemm", "Attention", "ConvTranspose", "Gather", "EmbedLayerNormalization", "LSTM"}
@@ -129,7 +130,9 @@ def tune_quantization(p, judge: Judge) -> Outcome:
         elif judged_d is not None and (best_fail is None or better(judged_d, best_fail[1])):
             best_fail = (alt, judged_d, res_d)
     if passing:
-        res, judged, rec, why = pick(passing)
+        probe, cache = tuning.probe, getattr(judge.ctx, "cache", None)
+        direct = (lambda a, b: probe_compare(probe, a, b, cache)) if probe is not None and tuning.search else None
+        res, judged, rec, why = pick(passing, direct)
         rec["chosen"] = True
         res.notes.append(f"tolerance: {tuning.criterion.describe()}: {judged['metric']} {judged['value']:.5g} "
                          f"(threshold {judged['threshold']:.5g}); {why} ({len(passing)} passing of {len(trials)} trials)")

@@ -104,16 +104,24 @@ def config_diff(cfg, base) -> dict:
     return {k: v for k, v in dataclasses.asdict(cfg).items() if dataclasses.asdict(base).get(k) != v}
 
 
-def pick(passing: list[tuple]) -> tuple:
+def pick(passing: list[tuple], direct=None) -> tuple:
     """(result, judged, record, why) among passing (speed, result, judged, record): the fastest, where speeds are told
     apart by their confidence intervals; candidates whose intervals overlap the fastest's are a tie, and a tie goes to
-    the more accurate (larger margin), then the earlier (simpler: the recipe's own configuration comes first)."""
+    the more accurate (larger margin), then the earlier (simpler: the recipe's own configuration comes first).
+    ``direct(a_model, b_model)`` (a SpeedProbe comparison), when given, settles an overlap head to head: a contender
+    the fastest is measurably faster than does not tie (a noisy probe's wide interval overlaps everything)."""
     if len(passing) == 1:
         _, res, judged, rec = passing[0]
         return res, judged, rec, "the first configuration that passed"
     best = max(passing, key=lambda x: x[0])
     blo = (best[3].get("speed") or {}).get("lo", best[0])
     ties = [x for x in passing if (x[3].get("speed") or {}).get("hi", x[0]) >= blo]
+    if direct is not None:
+        settled = [best]
+        for x in ties:
+            if x is not best and direct(x[1].model, best[1].model)["verdict"] != "faster":
+                settled.append(x)
+        ties = settled
     choice = max(ties, key=lambda x: (x[2]["margin"], -passing.index(x)))
     why = "the fastest passing" if choice is best else \
         f"{len(ties)} passing configurations tie on speed (overlapping 95% intervals): kept the most accurate"
