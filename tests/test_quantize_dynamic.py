@@ -138,3 +138,15 @@ def test_tolerance_variants_try_other_smoothing_before_u8u8_and_per_tensor():
                    (0.7, "uint8", True), (0.7, "auto", False)]
     off = get_pass("int8-dynamic")({"smooth_alpha": 0})
     assert [c.smooth_alpha for c in quant_variants(off)][:2] == [0.0, 0.7]
+
+
+def test_a_gemm_kept_in_float_stays_float():
+    """quantize_dynamic renames Gemm 'out' to MatMul 'out_MatMul' before it matches nodes_to_exclude: the pass must
+    exclude it under both names, or the per-node float fallback silently quantizes it anyway."""
+    m = _bert_block(gemm_out=True)
+    ctx = Context(samples=_samples(), cpu=AVX2)
+    every = get_pass("int8-dynamic")().run(m, ctx)
+    kept = get_pass("int8-dynamic")({"exclude_nodes": ["out"]}).run(m, ctx)
+    n_int = [sum(op in ("MatMulInteger", "DynamicQuantizeMatMul") for op in _ops(r.model)) for r in (every, kept)]
+    assert n_int == [6, 5]
+    assert any(n.op_type in ("Gemm", "MatMul") and n.name in ("out", "out_MatMul") for n in kept.model.graph.node)
