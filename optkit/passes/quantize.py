@@ -150,7 +150,8 @@ def _dynamic_op_types(cfg: DynamicConfig) -> list[str]:
 @register_pass
 class Int8Dynamic(Pass):
     name = "int8-dynamic"
-    doc = "Dynamic INT8 (weights INT8 offline, activations quantized at run time); no calibration data needed."
+    doc = ("Dynamic INT8 (weights INT8 offline, activations quantized at run time); no calibration data needed "
+           "(samples, when given, set the activation smoothing of outlier channels).")
     Config = DynamicConfig
     exact = False
     tuning_kind = "quantization"
