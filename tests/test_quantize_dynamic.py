@@ -107,7 +107,7 @@ def test_smoothing_lowers_int8_error_with_an_outlier_channel():
     smoothed = get_pass("int8-dynamic")().run(m, Context(samples=calib, cpu=AVX2))
     onnx.checker.check_model(smoothed.model)
     assert any(n.name.startswith("optkit_smooth") for n in smoothed.model.graph.node)
-    assert any(n.startswith("activation smoothing (alpha 0.7)") for n in smoothed.notes)
+    assert any(n.startswith("activation smoothing (alpha 0.75)") for n in smoothed.notes)
     e_plain, e_smooth = _rel_err(plain.model, m, evals), _rel_err(smoothed.model, m, evals)
     assert e_smooth < 0.7 * e_plain, (e_smooth, e_plain)
 
@@ -134,10 +134,10 @@ def test_tolerance_variants_try_other_smoothing_before_u8u8_and_per_tensor():
 
     p = get_pass("int8-dynamic")()
     seq = [(c.smooth_alpha, c.weight_type, c.per_channel) for c in quant_variants(p)]
-    assert seq == [(0.7, "auto", True), (0.85, "auto", True), (0.5, "auto", True), (0.0, "auto", True),
-                   (0.7, "uint8", True), (0.7, "auto", False)]
+    assert seq == [(0.75, "auto", True), (0.85, "auto", True), (0.5, "auto", True), (0.0, "auto", True),
+                   (0.75, "uint8", True), (0.75, "auto", False)]
     off = get_pass("int8-dynamic")({"smooth_alpha": 0})
-    assert [c.smooth_alpha for c in quant_variants(off)][:2] == [0.0, 0.7]
+    assert [c.smooth_alpha for c in quant_variants(off)][:2] == [0.0, 0.75]
 
 
 def test_a_gemm_kept_in_float_stays_float():
