@@ -54,8 +54,10 @@ def _versions() -> dict:
 
 
 def _code_fingerprint(module_file: str | None) -> str:
-    """sha256 of the pass's module and the pass contract: an edited pass never answers from an old entry."""
-    files = [str(Path(__file__).with_name("passes") / "__init__.py")] + ([module_file] if module_file else [])
+    """sha256 of the pass's module, the helper modules beside it and the pass contract: an edited pass never answers
+    from an old entry (int8-dynamic's smoothing lives in passes/smoothing.py: an edit there must count too)."""
+    here = Path(__file__).with_name("passes")
+    files = sorted({str(f) for f in here.glob("*.py")} | ({module_file} if module_file else set()))
     key = "|".join(files)
     if key not in _FINGERPRINTS:
         h = hashlib.sha256()

@@ -14,7 +14,8 @@ Every cosine-judged kind (classes, embedding, pooled, cosine) also bounds the pe
 sqrt(2 t), the error a cosine of 1 - t allows at equal norms: cosine alone cannot see an output scaled down by 40%
 (seen: U8S8 saturation on a CPU without VNNI).
 
-| float [batch, D] otherwise (embeddings)                          | embedding   | per-example cosine, minimum             |
+| float [batch, D] otherwise (embeddings; with a mask input, any   | embedding   | per-example cosine, minimum             |
+|   D >= 64 without a class-like name: a pooled sentence vector)   |             |                                         |
 | float [batch, T, H] with a mask input                            | pooled      | per-example cosine of the states mean-  |
 |                                                                  |             | pooled over the mask, minimum           |
 | float rank 3 named like a state/hidden/embedding                 | cosine      | per-feed cosine, minimum                |
@@ -68,6 +69,10 @@ def infer_kind(name: str, ref: list[np.ndarray], has_mask: bool, labels: bool) -
         if labels or probs or (_CLASS_NAME.search(name) and not _EMBED_NAME.search(name)):
             return "classes"
         if unit or _EMBED_NAME.search(name) or a.shape[-1] > 1000:
+            return "embedding"
+        if has_mask and a.shape[-1] >= 64:
+            # a masked encoder's wide unnamed output is a pooled sentence vector, not class scores: argmax over the
+            # 384 dims of paraphrase-MiniLM-L3's output '461' flipped on 1 of 48 sentences at cosine 0.998
             return "embedding"
         return "classes"
     vals = np.concatenate([np.asarray(r, np.float64).ravel() for r in ref])

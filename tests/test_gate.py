@@ -135,6 +135,16 @@ def test_token_states_are_pooled_over_the_mask_and_judged_per_example():
     assert not crit.judge([{"h": ref}], [{"h": cand}], None, [{"attention_mask": mask}])["ok"]
 
 
+def test_a_masked_encoders_pooled_vector_is_an_embedding_not_class_scores():
+    """paraphrase-MiniLM-L3 also outputs its pooled sentence vector as '461' [1, 384]: argmax over its dims is no
+    decision anyone makes; a small head of the same model stays class scores."""
+    vec = np.random.default_rng(0).standard_normal((1, 384)).astype(np.float32)
+    assert infer_kind("461", [vec], True, False) == "embedding"
+    assert infer_kind("461", [vec], False, False) == "classes"
+    assert infer_kind("461", [vec[:, :2]], True, False) == "classes"
+    assert infer_kind("logits", [vec], True, False) == "classes"
+
+
 def test_dense_maps_sequences_and_integers_each_get_their_kind():
     prob_map = np.clip(np.random.default_rng(0).random((1, 1, 8, 8)), 0, 1).astype(np.float32)
     assert infer_kind("maps", [prob_map], False, False) == "map"

@@ -324,3 +324,24 @@ def test_passes_join_the_search_through_protocols_not_names():
     r = static.restrict(["n1", "n2"])
     assert list(r.config.exclude_nodes) == ["n1", "n2"] and list(static.config.exclude_nodes) == []
     assert static.alternative().name == "int8-dynamic" and dyn.alternative() is None
+
+
+def test_sensitivity_ranks_only_nodes_the_quantizer_changed():
+    """A float activation x activation MatMul (Q.K^T) that dynamic INT8 leaves alone is never ranked: keeping it in
+    float would change nothing, and the fallback search would spend validations on it."""
+    from optkit.evaluate import Evaluator
+    from optkit.passes import Context, get_pass
+    from optkit.search.quant import node_sensitivity
+
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((16, 16)).astype(np.float32)
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["q"], name="proj"),
+             helper.make_node("Transpose", ["q"], ["qt"], name="t", perm=[1, 0]),
+             helper.make_node("MatMul", ["q", "qt"], ["y"], name="qk")]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 16])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 4])], [numpy_helper.from_array(w, "w")])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    q = get_pass("int8-dynamic")({"smooth_alpha": 0}).run(m, Context()).model
+    feeds = [{"x": rng.standard_normal((4, 16)).astype(np.float32)} for _ in range(2)]
+    ranked = [name for name, _ in node_sensitivity(m, q, feeds, Evaluator())]
+    assert ranked == ["proj"]

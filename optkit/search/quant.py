@@ -44,7 +44,7 @@ def node_sensitivity(fp32: onnx.ModelProto, quant: onnx.ModelProto, feeds: list[
     """Quantizable nodes ranked by the error they add: (1 - cosine) on the node's output minus that on its input,
     both models run by the deployed evaluator (integer kernels included)."""
     inits = {t.name for t in fp32.graph.initializer}
-    cands = [n for n in fp32.graph.node if n.op_type in QUANT_OPS and n.name]
+    cands = [n for n in fp32.graph.node if n.op_type in QUANT_OPS and n.name and _quantized(n, quant)]
     qprod = {o for n in quant.graph.node for o in n.output} | {i.name for i in quant.graph.input}
     consumers: dict[str, list] = {}
     for n in fp32.graph.node:
@@ -77,6 +77,17 @@ def node_sensitivity(fp32: onnx.ModelProto, quant: onnx.ModelProto, feeds: list[
         if out_t in err:
             ranked.append((n.name, err[out_t] - err.get(in_t, 0.0)))
     return sorted(ranked, key=lambda kv: -kv[1])
+
+
+def _quantized(node, quant: onnx.ModelProto) -> bool:
+    """Whether the quantizer changed ``node``: it is gone from the quantized model (QOperator / dynamic ops replace
+    it) or reads a DequantizeLinear output there (QDQ). A float activation x activation MatMul the quantizer left
+    alone must not be ranked: keeping it in float changes nothing (seen on MiniLM)."""
+    same = [n for n in quant.graph.node if n.name == node.name and n.op_type == node.op_type]
+    if not same:
+        return True
+    dq = {o for n in quant.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    return any(i in dq for i in same[0].input)
 
 
 def _ranking(judge: Judge, quantized: onnx.ModelProto) -> list[tuple[str, float]]:
