@@ -320,11 +320,11 @@ def evaluate(evaluator, model: onnx.ModelProto, feeds: list[dict], cache: PassCa
     return outs
 
 
-def probe_compare(probe, base: onnx.ModelProto, cand: onnx.ModelProto, cache: PassCache | None) -> dict:
-    """``probe.compare(base, cand)`` (a SpeedProbe), re-used from an earlier run on this CPU when the models, the
-    feed, the evaluator and the protocol are the same."""
+def probe_compare(probe, base: onnx.ModelProto, cand: onnx.ModelProto, cache: PassCache | None, **longer) -> dict:
+    """``probe.compare(base, cand, **longer)`` (a SpeedProbe; ``longer``: time_cap / max_rounds for a decision),
+    re-used from an earlier run on this CPU when the models, the feed, the evaluator and the protocol are the same."""
     if cache is None or not cache.enabled:
-        return probe.compare(base, cand)
+        return probe.compare(base, cand, **longer)
     from .data import Samples
     from .hw import cpu_features
 
@@ -332,11 +332,12 @@ def probe_compare(probe, base: onnx.ModelProto, cand: onnx.ModelProto, cache: Pa
         cpu = cpu_features()
         key = _memo_key({"kind": "speed", "base": model_digest(base), "cand": model_digest(cand),
                          "feed": feeds_digest(Samples([probe.feed])), "evaluator": probe.evaluator.to_dict(),
-                         "protocol": [probe.min_rounds, probe.max_rounds, probe.round_time, probe.time_cap],
+                         "protocol": [probe.min_rounds, longer.get("max_rounds", probe.max_rounds), probe.round_time,
+                                      longer.get("time_cap", probe.time_cap)],
                          "cpu": {k: cpu.get(k) for k in ("model", "arch", "isa", "logical_cores")}})
     except Exception:
-        return probe.compare(base, cand)
-    return {**memo_json(cache, "speed", key, lambda: probe.compare(base, cand)), **({"cached": True} if
+        return probe.compare(base, cand, **longer)
+    return {**memo_json(cache, "speed", key, lambda: probe.compare(base, cand, **longer)), **({"cached": True} if
             cache.last_memo_hit else {})}
 
 

@@ -181,11 +181,16 @@ def _recover(prefix, candidates, ctx, tuning, original, evals, eval_feeds, rows,
         runs[order] = (order, cname, sub, new)
 
 
+# A head-to-head decision may take up to 40 rounds / 24 s (a screen stops at 20 rounds / 6 s): at 8 rounds the 95%
+# interval of the median is min..max of the ratios, and on a loaded machine one spike made a 2.1x median a "tie".
+DECISION = {"time_cap": 24.0, "max_rounds": 40}
+
+
 def _direct(ctx, tuning):
     """Head-to-head timing of two candidates' models (``a`` as the baseline), or None without a probe."""
     if tuning.probe is None:
         return None
-    return lambda a, b: probe_compare(tuning.probe, a[2].model, b[2].model, ctx.cache)
+    return lambda a, b: probe_compare(tuning.probe, a[2].model, b[2].model, ctx.cache, **DECISION)
 
 
 def _median(row: dict) -> float:

@@ -112,14 +112,20 @@ class SpeedProbe:
         self.__dict__["_held"] = (base, s)
         return s
 
-    def compare(self, base: onnx.ModelProto, cand: onnx.ModelProto) -> dict:
+    def compare(self, base: onnx.ModelProto, cand: onnx.ModelProto, time_cap: float | None = None,
+                max_rounds: int | None = None) -> dict:
+        """``time_cap`` / ``max_rounds`` override the probe's own for one comparison: a decision between two
+        candidates (not a screen) may spend longer, because with few rounds the 95% interval of the median is the
+        whole range of the ratios (8 rounds: min to max) and one load spike makes it hold 1.0."""
+        time_cap = self.time_cap if time_cap is None else time_cap
+        max_rounds = self.max_rounds if max_rounds is None else max_rounds
         t_start = time.monotonic()
         a = self._base_session(base)
         with self.evaluator.session(cand) as b:
             for s in (a, b):
                 _time_for(s.run, self.feed, 5, 0.05)
             ratios: list[float] = []
-            for r in range(self.max_rounds):
+            for r in range(max_rounds):
                 pair = (a, b) if r % 2 == 0 else (b, a)
                 med = {}
                 for s in pair:
@@ -127,7 +133,7 @@ class SpeedProbe:
                 ratios.append(med[id(a)] / med[id(b)] if med[id(b)] > 0 else 1.0)
                 if len(ratios) >= self.min_rounds:
                     lo, hi = median_ci(ratios)
-                    if lo > 1.0 or hi < 1.0 or time.monotonic() - t_start > self.time_cap:
+                    if lo > 1.0 or hi < 1.0 or time.monotonic() - t_start > time_cap:
                         break
         lo, hi = median_ci(ratios)
         verdict = "faster" if lo > 1.0 else "slower" if hi < 1.0 else "tie"
