@@ -23,7 +23,9 @@ from onnx import helper, numpy_helper
 
 MAX_FEEDS = 64  # feeds run to collect activation statistics (channel maxima: more feeds, steadier scales)
 ROWS = 512  # sampled activation rows per group for the error simulation
-GAIN = 0.9  # smooth a group only when its simulated error drops below GAIN x the unsmoothed error
+GAIN = 0.8  # smooth a group only when its simulated error drops below GAIN x the unsmoothed error: on MiniLM the
+# smoothed groups reached 0.14-0.6x (L6: 21 of 24 groups), on ppocr-rec (no outlier channels) 0.82-0.9x, where it moved
+# per-step agreement 0.998 -> 0.996 and is now left alone
 
 
 def _trans_b(n: onnx.NodeProto) -> bool:
