@@ -20,11 +20,12 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper
+from onnx import numpy_helper
 
 from ..model import layer_name, opsets
 from ..model import node_attr as _attr
 from . import Context, Pass, PassConfig, PassResult, option, register_pass
+from ._lowrank_graph import _Names, _rewrite_layer, _rows, _splice, _subgraph_inputs  # noqa: F401  (_Names, _subgraph_inputs re-exported)
 
 _FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16)
 
@@ -166,65 +167,6 @@ def _choose_rank(layer: _Layer, s: np.ndarray, cfg: LowRankConfig) -> tuple[int,
 # ---------------------------------------------------------------------------------------------------------------
 
 
-class _Names:
-    """Fresh value/node/initializer names that collide with nothing in the model."""
-
-    def __init__(self, model: onnx.ModelProto):
-        g = model.graph
-        self.used = {t.name for t in g.initializer} | {v.name for v in g.input} | {v.name for v in g.output}
-        self.used |= {v.name for v in g.value_info} | {n.name for n in g.node if n.name}
-        for n in g.node:
-            self.used.update(n.input)
-            self.used.update(n.output)
-
-    def __call__(self, base: str) -> str:
-        name, i = base, 1
-        while name in self.used:
-            name, i = f"{base}_{i}", i + 1
-        self.used.add(name)
-        return name
-
-
-def _subgraph_inputs(model: onnx.ModelProto) -> set[str]:
-    """Names read inside If/Loop/Scan bodies (initializers used there must not be removed)."""
-    used: set[str] = set()
-
-    def subgraphs(node):
-        for a in node.attribute:
-            if a.type == onnx.AttributeProto.GRAPH:
-                yield a.g
-            elif a.type == onnx.AttributeProto.GRAPHS:
-                yield from a.graphs
-
-    def walk(graph):
-        for n in graph.node:
-            used.update(n.input)
-            for g in subgraphs(n):
-                walk(g)
-
-    for n in model.graph.node:
-        for g in subgraphs(n):
-            walk(g)
-    return used
-
-
-def _rows(model: onnx.ModelProto, layers: list[_Layer], shapes: dict) -> dict[str, int]:
-    """Rows (output elements / n) of each layer for FLOP weighting; {} when any shape is unknown."""
-    try:
-        from ..model import infer_value_shapes
-
-        vs = infer_value_shapes(model, shapes)
-    except Exception:
-        return {}
-    rows = {}
-    for layer in layers:
-        out = vs.get(layer.node.output[0])
-        if out is None:
-            return {}
-        rows[layer.name] = max(1, int(np.prod(out, dtype=np.int64)) // layer.n)
-    return rows
-
-
 @register_pass
 class LowRank(Pass):
     name = "lowrank"
@@ -246,13 +188,11 @@ class LowRank(Pass):
         """The relative Frobenius error of each factorized weight, ||W - AB|| / ||W|| (0 for a layer kept whole)."""
         layers = (result.metrics or {}).get("layers")
         return {name: float(m.get("rel_error", 0.0)) for name, m in layers.items()} if layers else None
-
     def run(self, model: onnx.ModelProto, ctx: Context) -> PassResult:
         cfg: LowRankConfig = self.config
         notes: list[str] = []
         layers = _candidates(model)
-        names_seen = {layer.name for layer in layers}
-        unknown = sorted(set(cfg.ranks) - names_seen)
+        unknown = sorted(set(cfg.ranks) - {layer.name for layer in layers})
         if unknown:
             msg = f"ranks: no factorizable layer named {', '.join(unknown)}"
             notes.append(msg)
@@ -263,100 +203,20 @@ class LowRank(Pass):
 
         m = onnx.ModelProto()
         m.CopyFrom(model)
-        g = m.graph
-        inits = {t.name: t for t in g.initializer}
-        fresh = _Names(m)
-        opset = _opset(m)
-        skipped: dict[str, dict] = {}  # name -> {"reason": "skip_list" | "min_size" | "needs_opset", ...}
-        chosen: list[tuple[_Layer, int, str]] = []
-        metrics: dict[str, dict] = {}
-        svd_cache: dict[tuple, tuple] = {}
-        replacements: dict[int, list[onnx.NodeProto]] = {}
-        new_inits: list[onnx.TensorProto] = []
-        factor_cache: dict[tuple, tuple[str, str]] = {}
-
+        plan = _Plan(m)
         for layer in layers:
-            layer.node = g.node[layer.index]
-            if layer.name in cfg.skip:
-                skipped[layer.name] = {"reason": "skip_list"}
-                continue
-            if layer.why_not:
-                skipped[layer.name] = {"reason": "needs_opset", "min_opset": 11}
-                notes.append(f"{layer.name}: {layer.why_not}, kept")
-                continue
-            if layer.k * layer.n < cfg.min_size and layer.name not in cfg.ranks:
-                skipped[layer.name] = {"reason": "min_size", "elements": layer.k * layer.n, "min_size": cfg.min_size}
-                continue
-            full = min(layer.k, layer.n)
-            orient = "T" if layer.kind == "Conv" or (layer.kind == "Gemm" and _attr(layer.node, "transB", 0)) else "N"
-            key = (layer.weight, orient)
-            if key not in svd_cache:
-                w = _matrix(layer, inits)
-                u, s, vt = np.linalg.svd(w, full_matrices=False)
-                svd_cache[key] = (w, u, s, vt)
-            w, u, s, vt = svd_cache[key]
-            r, source, refused = _choose_rank(layer, s, cfg)
-            facts = {"max_useful_rank": layer.max_useful_rank, **({"not_rounded_to": refused} if refused else {})}
-            if refused:
-                notes.append(f"{layer.name}: rank {refused} (multiple of {cfg.multiple_of}) would save nothing, kept {r}")
-            if r > layer.max_useful_rank:
-                notes.append(f"{layer.name}: rank {r} of {full} saves nothing, kept "
-                             f"(factorizing pays only up to rank {layer.max_useful_rank})")
-                metrics[layer.name] = {"k": layer.k, "n": layer.n, "rank": full, "requested_rank": r, "source": source,
-                                       "factorized": False, "energy": 1.0, "rel_error": 0.0, "flops_ratio": 1.0, **facts}
-                continue
+            self._plan_layer(layer, plan, cfg, notes)
+        _note_skipped(plan.skipped, notes)
 
-            dtype = numpy_helper.to_array(inits[layer.weight]).dtype
-            sq = np.sqrt(s[:r])
-            a = (u[:, :r] * sq).astype(dtype)  # [k x r]
-            b = (sq[:, None] * vt[:r]).astype(dtype)  # [r x n]
-            total = float(np.sum(s.astype(np.float64) ** 2))
-            energy = float(np.sum(s[:r].astype(np.float64) ** 2) / total) if total > 0 else 1.0
-            norm = float(np.linalg.norm(w))
-            rel = float(np.linalg.norm(w - a.astype(np.float64) @ b.astype(np.float64)) / norm) if norm > 0 else 0.0
-            ratio = r * (layer.k + layer.n) / (layer.k * layer.n)
-
-            replacements[layer.index] = self._rewrite(layer, a, b, r, key, inits, fresh, new_inits, factor_cache, opset)
-            chosen.append((layer, r, source))
-            metrics[layer.name] = {"k": layer.k, "n": layer.n, "rank": r, "source": source, "factorized": True,
-                                   "energy": energy, "rel_error": rel, "flops_ratio": ratio, **facts}
-            notes.append(f"{layer.name} [{layer.k}x{layer.n}] rank {r} (energy {energy:.3f}, rel. error {rel:.2g}, "
-                         f"FLOPs {ratio:.2f})" + (" [ranks]" if source == "ranks" else ""))
-
-        by_reason: dict[str, list[str]] = {}
-        for name, why in skipped.items():
-            by_reason.setdefault(why["reason"], []).append(name)
-        for why, names in by_reason.items():
-            if why in ("skip_list", "min_size"):
-                shown = ", ".join(names[:6]) + (f", ... ({len(names)} in all)" if len(names) > 6 else "")
-                notes.append(f"left as is ({'skip' if why == 'skip_list' else why}): {shown}")
-
-        result_metrics: dict = {"layers": metrics, "unknown_ranks": unknown}
-        if skipped:
-            result_metrics["skipped"] = skipped
-        if not replacements:
+        result_metrics: dict = {"layers": plan.metrics, "unknown_ranks": unknown}
+        if plan.skipped:
+            result_metrics["skipped"] = plan.skipped
+        if not plan.replacements:
             notes.append("no layer factorized")
             return PassResult(model, modified=False, notes=notes, metrics=result_metrics)
 
-        # rebuild the node list with each factorized node replaced in place (keeps topological order)
-        nodes = []
-        for i, node in enumerate(g.node):
-            nodes.extend(replacements.get(i, [node]))
-        del g.node[:]
-        g.node.extend(nodes)
-        g.initializer.extend(new_inits)
-        # drop weights nothing reads any more
-        used = {x for n in g.node for x in n.input} | _subgraph_inputs(m) | {o.name for o in g.output}
-        dead = {t.name for t in g.initializer if t.name not in used}
-        if dead:
-            keep = [t for t in g.initializer if t.name not in dead]
-            del g.initializer[:]
-            g.initializer.extend(keep)
-            for field in (g.input, g.value_info):
-                keep_vi = [v for v in field if v.name not in dead]
-                del field[:]
-                field.extend(keep_vi)
-
+        _splice(m, plan.replacements, plan.new_inits)
+        chosen = plan.chosen
         rows = _rows(model, [layer for layer, _, _ in chosen], ctx.shapes)
         before = sum(rows.get(layer.name, 1) * layer.k * layer.n for layer, _, _ in chosen)
         after = sum(rows.get(layer.name, 1) * r * (layer.k + layer.n) for layer, r, _ in chosen)
@@ -366,53 +226,94 @@ class LowRank(Pass):
         result_metrics.update({"factorized": len(chosen), "flops_kept": kept})
         return PassResult(m, modified=True, notes=notes, metrics=result_metrics)
 
-    @staticmethod
-    def _rewrite(layer: _Layer, a: np.ndarray, b: np.ndarray, r: int, key: tuple, inits: dict, fresh: _Names,
-                 new_inits: list, factor_cache: dict, opset: int) -> list[onnx.NodeProto]:
-        node = layer.node
-        x, y = node.input[0], node.output[0]
-        mid = fresh(f"{y}_lowrank")
-        n1, n2 = fresh(f"{layer.name}_lowrank_A"), fresh(f"{layer.name}_lowrank_B")
+    def _plan_layer(self, layer: _Layer, plan: "_Plan", cfg: LowRankConfig, notes: list[str]) -> None:
+        """Skip one layer (recorded in plan.skipped), keep it whole, or factorize it (its two-node rewrite goes to
+        plan.replacements); metrics and notes say which and why."""
+        layer.node = plan.graph.node[layer.index]
+        if _skip(layer, cfg, plan.skipped, notes):
+            return
+        full = min(layer.k, layer.n)
+        w, u, s, vt, key = plan.svd(layer)
+        r, source, refused = _choose_rank(layer, s, cfg)
+        facts = {"max_useful_rank": layer.max_useful_rank, **({"not_rounded_to": refused} if refused else {})}
+        if refused:
+            notes.append(f"{layer.name}: rank {refused} (multiple of {cfg.multiple_of}) would save nothing, kept {r}")
+        if r > layer.max_useful_rank:
+            notes.append(f"{layer.name}: rank {r} of {full} saves nothing, kept "
+                         f"(factorizing pays only up to rank {layer.max_useful_rank})")
+            plan.metrics[layer.name] = {"k": layer.k, "n": layer.n, "rank": full, "requested_rank": r, "source": source,
+                                        "factorized": False, "energy": 1.0, "rel_error": 0.0, "flops_ratio": 1.0,
+                                        **facts}
+            return
 
-        def init(suffix: str, arr: np.ndarray, tag: tuple) -> str:
-            ck = (key, r, suffix, tag)
-            if ck not in factor_cache:
-                nm = fresh(f"{layer.weight}_lowrank_{suffix}")
-                new_inits.append(numpy_helper.from_array(arr, nm))
-                factor_cache[ck] = nm
-            return factor_cache[ck]
+        dtype = numpy_helper.to_array(plan.inits[layer.weight]).dtype
+        sq = np.sqrt(s[:r])
+        a = (u[:, :r] * sq).astype(dtype)  # [k x r]
+        b = (sq[:, None] * vt[:r]).astype(dtype)  # [r x n]
+        total = float(np.sum(s.astype(np.float64) ** 2))
+        energy = float(np.sum(s[:r].astype(np.float64) ** 2) / total) if total > 0 else 1.0
+        norm = float(np.linalg.norm(w))
+        rel = float(np.linalg.norm(w - a.astype(np.float64) @ b.astype(np.float64)) / norm) if norm > 0 else 0.0
+        ratio = r * (layer.k + layer.n) / (layer.k * layer.n)
 
-        if layer.kind == "MatMul":
-            return [helper.make_node("MatMul", [x, init("A", a, ())], [mid], name=n1),
-                    helper.make_node("MatMul", [mid, init("B", b, ())], [y], name=n2)]
+        plan.replacements[layer.index] = self._rewrite(layer, a, b, r, key, plan.inits, plan.fresh, plan.new_inits,
+                                                       plan.factor_cache, plan.opset)
+        plan.chosen.append((layer, r, source))
+        plan.metrics[layer.name] = {"k": layer.k, "n": layer.n, "rank": r, "source": source, "factorized": True,
+                                    "energy": energy, "rel_error": rel, "flops_ratio": ratio, **facts}
+        notes.append(f"{layer.name} [{layer.k}x{layer.n}] rank {r} (energy {energy:.3f}, rel. error {rel:.2g}, "
+                     f"FLOPs {ratio:.2f})" + (" [ranks]" if source == "ranks" else ""))
 
-        if layer.kind == "Gemm":
-            alpha = float(_attr(node, "alpha", 1.0))
-            beta = float(_attr(node, "beta", 1.0))
-            a_name = init("A", a, ())
-            if _attr(node, "transA", 0):
-                first = helper.make_node("Gemm", [x, a_name], [mid], name=n1, transA=1)
-            else:
-                first = helper.make_node("MatMul", [x, a_name], [mid], name=n1)
-            b_name = init("B", (b * b.dtype.type(alpha)) if alpha != 1.0 else b, ("alpha", alpha))
-            has_c = len(node.input) > 2 and node.input[2]
-            if has_c:
-                second = helper.make_node("Gemm", [mid, b_name, node.input[2]], [y], name=n2, beta=beta)
-            else:
-                second = helper.make_node("MatMul", [mid, b_name], [y], name=n2)
-            return [first, second]
+    _rewrite = staticmethod(_rewrite_layer)
 
-        # 1x1 Conv: first conv carries the spatial attributes (strides, pads, dilations) and no bias, so padded
-        # borders are zero after it and get only the bias after the second conv, as in the original.
-        spatial = len(inits[layer.weight].dims) - 2
-        ones = [1] * spatial
-        w1 = a.T.reshape([r, layer.k] + ones)  # [r, Cin, 1, ...]
-        w2 = b.T.reshape([layer.n, r] + ones)  # [Cout, r, 1, ...]
-        attrs = {at.name: helper.get_attribute_value(at) for at in node.attribute if at.name not in ("group", "kernel_shape")}
-        first = helper.make_node("Conv", [x, init("A", np.ascontiguousarray(w1), ("conv",))], [mid], name=n1,
-                                 kernel_shape=ones, **attrs)
-        inputs2 = [mid, init("B", np.ascontiguousarray(w2), ("conv",))]
-        if len(node.input) > 2 and node.input[2]:
-            inputs2.append(node.input[2])
-        second = helper.make_node("Conv", inputs2, [y], name=n2, kernel_shape=ones)
-        return [first, second]
+
+class _Plan:
+    """What one run of the pass decides, layer by layer, on its copy ``m`` of the model."""
+
+    def __init__(self, m: onnx.ModelProto):
+        self.graph = m.graph
+        self.inits = {t.name: t for t in m.graph.initializer}
+        self.fresh = _Names(m)
+        self.opset = _opset(m)
+        self.skipped: dict[str, dict] = {}  # name -> {"reason": "skip_list" | "min_size" | "needs_opset", ...}
+        self.chosen: list[tuple[_Layer, int, str]] = []
+        self.metrics: dict[str, dict] = {}
+        self.replacements: dict[int, list[onnx.NodeProto]] = {}
+        self.new_inits: list[onnx.TensorProto] = []
+        self.factor_cache: dict[tuple, tuple[str, str]] = {}
+        self._svd_cache: dict[tuple, tuple] = {}
+
+    def svd(self, layer: _Layer):
+        """(W, U, S, Vt, key) of the layer's weight, computed once per (weight, orientation)."""
+        orient = "T" if layer.kind == "Conv" or (layer.kind == "Gemm" and _attr(layer.node, "transB", 0)) else "N"
+        key = (layer.weight, orient)
+        if key not in self._svd_cache:
+            w = _matrix(layer, self.inits)
+            u, s, vt = np.linalg.svd(w, full_matrices=False)
+            self._svd_cache[key] = (w, u, s, vt)
+        return (*self._svd_cache[key], key)
+
+
+def _skip(layer: _Layer, cfg: LowRankConfig, skipped: dict, notes: list[str]) -> bool:
+    """True (and why, in ``skipped``) when the layer is skipped by name, needs a newer opset, or is too small."""
+    if layer.name in cfg.skip:
+        skipped[layer.name] = {"reason": "skip_list"}
+        return True
+    if layer.why_not:
+        skipped[layer.name] = {"reason": "needs_opset", "min_opset": 11}
+        notes.append(f"{layer.name}: {layer.why_not}, kept")
+        return True
+    if layer.k * layer.n < cfg.min_size and layer.name not in cfg.ranks:
+        skipped[layer.name] = {"reason": "min_size", "elements": layer.k * layer.n, "min_size": cfg.min_size}
+        return True
+    return False
+
+
+def _note_skipped(skipped: dict, notes: list[str]) -> None:
+    by_reason: dict[str, list[str]] = {}
+    for name, why in skipped.items():
+        by_reason.setdefault(why["reason"], []).append(name)
+    for why, names in by_reason.items():
+        if why in ("skip_list", "min_size"):
+            shown = ", ".join(names[:6]) + (f", ... ({len(names)} in all)" if len(names) > 6 else "")
+            notes.append(f"left as is ({'skip' if why == 'skip_list' else why}): {shown}")

@@ -26,16 +26,18 @@ the larger map to the smaller one's size.
 """
 from __future__ import annotations
 
-import difflib
 import math
 import time
 import warnings
 from typing import Callable
 
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from ._distill_features import (_FEATURE_LOSSES, _call, _first_tensor, _layout, _match_sizes,  # noqa: F401
+                                _module, _pool_to, _projection, _static_dim)
+from ._fit import _as_tensor, _batches, _epoch, _optimizer, _scheduler, _top1  # noqa: F401  (re-exported)
 
 __all__ = ["distill_loss", "Distiller", "fit"]
 
@@ -89,123 +91,6 @@ def distill_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, tar
     ``task_loss(s, targets)`` and ``alpha=1`` only the KD term.
     """
     return _components(student_logits, teacher_logits, targets, T, alpha, task_loss)[0]
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# helpers
-# ---------------------------------------------------------------------------------------------------------------
-
-
-def _first_tensor(out):
-    """A module's output as one tensor: itself, ``.logits`` / ``.last_hidden_state``, or the first tensor inside."""
-    if isinstance(out, torch.Tensor):
-        return out
-    for attr in ("logits", "last_hidden_state"):
-        v = getattr(out, attr, None)
-        if isinstance(v, torch.Tensor):
-            return v
-    if isinstance(out, dict):
-        out = list(out.values())
-    if isinstance(out, (list, tuple)):
-        for v in out:
-            t = _first_tensor(v) if not isinstance(v, torch.Tensor) else v
-            if isinstance(t, torch.Tensor):
-                return t
-    return None
-
-
-def _call(model: nn.Module, inputs):
-    if isinstance(inputs, dict):
-        return model(**inputs)
-    if isinstance(inputs, (tuple, list)):
-        return model(*inputs)
-    return model(inputs)
-
-
-def _module(model: nn.Module, name: str, side: str) -> nn.Module:
-    mods = dict(model.named_modules())
-    if name in mods and name != "":
-        return mods[name]
-    names = [n for n in mods if n]
-    near = difflib.get_close_matches(name, names, n=5, cutoff=0.4)
-    hint = f"near matches: {', '.join(near)}" if near else f"some names: {', '.join(names[:8])}"
-    raise ValueError(f"{side} has no module named {name!r} ({hint})")
-
-
-_CHANNEL_4D = (nn.Conv2d, nn.BatchNorm2d, nn.InstanceNorm2d, nn.ConvTranspose2d)
-_CHANNEL_5D = (nn.Conv3d, nn.BatchNorm3d, nn.InstanceNorm3d, nn.ConvTranspose3d)
-
-
-def _static_dim(m: nn.Module) -> tuple[str, int] | None:
-    """('channel4d'|'channel5d'|'last', dim) read off the module type, or None when it can't be known without data."""
-    if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
-        return "channel4d", m.out_channels
-    if isinstance(m, (nn.Conv3d, nn.ConvTranspose3d)):
-        return "channel5d", m.out_channels
-    if isinstance(m, (nn.BatchNorm2d, nn.InstanceNorm2d)):
-        return "channel4d", m.num_features
-    if isinstance(m, (nn.BatchNorm3d, nn.InstanceNorm3d)):
-        return "channel5d", m.num_features
-    if isinstance(m, nn.Linear):
-        return "last", m.out_features
-    if isinstance(m, nn.LayerNorm) and len(m.normalized_shape) == 1:
-        return "last", m.normalized_shape[0]
-    if isinstance(m, nn.Embedding):
-        return "last", m.embedding_dim
-    return None
-
-
-def _layout(t: torch.Tensor) -> tuple[str, int]:
-    if t.dim() == 4:
-        return "channel4d", t.shape[1]
-    if t.dim() == 5:
-        return "channel5d", t.shape[1]
-    if t.dim() in (2, 3):
-        return "last", t.shape[-1]
-    raise ValueError(f"feature matching supports 2-D to 5-D outputs, got shape {tuple(t.shape)}")
-
-
-def _projection(kind: str, cin: int, cout: int) -> nn.Module:
-    if kind == "channel4d":
-        return nn.Conv2d(cin, cout, 1, bias=False)
-    if kind == "channel5d":
-        return nn.Conv3d(cin, cout, 1, bias=False)
-    return nn.Linear(cin, cout, bias=False)
-
-
-def _pool_to(x: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
-    if x.dim() == 4:
-        return F.adaptive_avg_pool2d(x, size)
-    if x.dim() == 5:
-        return F.adaptive_avg_pool3d(x, size)
-    # [batch, seq, dim]: pool the sequence axis
-    return F.adaptive_avg_pool1d(x.transpose(1, 2), size).transpose(1, 2)
-
-
-def _match_sizes(s: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Spatial (4-D/5-D: dims 2..) or sequence (3-D: dim 1) sizes: pool the larger map down to the smaller one."""
-    if s.dim() != t.dim():
-        raise ValueError(f"student feature {tuple(s.shape)} and teacher feature {tuple(t.shape)} differ in rank")
-    if s.dim() == 2:
-        return s, t
-    dims = slice(2, None) if s.dim() >= 4 else slice(1, 2)
-    ss, ts = tuple(s.shape[dims]), tuple(t.shape[dims])
-    if ss == ts:
-        return s, t
-    target = tuple(min(a, b) for a, b in zip(ss, ts))
-    if ss != target:
-        s = _pool_to(s, target)
-    if ts != target:
-        t = _pool_to(t, target)
-    return s, t
-
-
-_FEATURE_LOSSES = {
-    "mse": F.mse_loss,
-    "l1": F.l1_loss,
-    "smooth_l1": F.smooth_l1_loss,
-    "cosine": lambda s, t: (1.0 - F.cosine_similarity(s.flatten(1), t.flatten(1), dim=1)).mean(),
-}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -404,64 +289,6 @@ class Distiller(nn.Module):
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def _as_tensor(a) -> torch.Tensor:
-    return a if isinstance(a, torch.Tensor) else torch.as_tensor(np.asarray(a))
-
-
-def _batches(data, batch_size: int, gen: torch.Generator | None, device):
-    """(x, y) batches from an (X, y) pair (shuffled with ``gen``) or from any iterable of batches (a DataLoader)."""
-    if isinstance(data, (tuple, list)) and len(data) == 2 and not isinstance(data[0], (tuple, list, dict)):
-        x, y = _as_tensor(data[0]), _as_tensor(data[1])
-        n = len(x)
-        order = torch.randperm(n, generator=gen) if gen is not None else torch.arange(n)
-        for i in range(0, n, batch_size):
-            b = order[i:i + batch_size]
-            if len(b) == 1 and n > 1:  # a lone last sample breaks BatchNorm in train mode; skip it
-                continue
-            yield x[b].to(device), y[b].to(device)
-        return
-    for batch in data:
-        if isinstance(batch, dict):
-            yield {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}, None
-        elif isinstance(batch, (tuple, list)):
-            xb = batch[0].to(device) if isinstance(batch[0], torch.Tensor) else batch[0]
-            yb = batch[1].to(device) if len(batch) > 1 and isinstance(batch[1], torch.Tensor) else None
-            yield xb, yb
-        else:
-            yield batch.to(device), None
-
-
-def _top1(model: nn.Module, data, batch_size: int, device) -> float:
-    was = model.training
-    model.eval()
-    correct = total = 0
-    try:
-        with torch.no_grad():
-            for xb, yb in _batches(data, max(batch_size, 256), None, device):
-                pred = _first_tensor(_call(model, xb)).argmax(-1)
-                correct += int((pred == yb).sum())
-                total += int(yb.numel())
-    finally:
-        model.train(was)
-    return correct / max(total, 1)
-
-
-def _optimizer(name, params, lr: float, weight_decay: float):
-    if callable(name) and not isinstance(name, str):
-        try:
-            return name(params, lr=lr, weight_decay=weight_decay)
-        except TypeError:
-            return name(params, lr=lr)
-    name = str(name).lower()
-    if name == "adam":
-        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
-    if name == "adamw":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    if name == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=0.9, nesterov=True, weight_decay=weight_decay)
-    raise ValueError(f"optimizer must be 'adam', 'adamw', 'sgd' or a torch.optim class, got {name!r}")
-
-
 def fit(student: nn.Module, train_data, *, teacher: nn.Module | None = None, epochs: int = 10, lr: float = 1e-3,
         T: float = 4.0, alpha: float = 0.7, features: dict[str, str] | None = None, feature_weight: float = 1.0,
         batch_size: int = 64, optimizer="adam", weight_decay: float = 0.0, schedule: str | None = None,
@@ -485,33 +312,10 @@ def fit(student: nn.Module, train_data, *, teacher: nn.Module | None = None, epo
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         gen = torch.Generator().manual_seed(seed)
-        distiller = None
-        if teacher is not None:
-            example = None
-            if features:  # one batch up front so every projection exists before the optimizer is built
-                example = next(iter(_batches(train_data, min(batch_size, 8), None, device)))[0]
-            distiller = Distiller(teacher, student, T=T, alpha=alpha, features=features, feature_weight=feature_weight,
-                                  task_loss=task_loss, example_inputs=example)
-            params = distiller.trainable_parameters()
-        else:
-            if features:
-                raise ValueError("features= needs a teacher")
-            params = [p for p in student.parameters() if p.requires_grad]
+        distiller, params = _trainee(student, teacher, train_data, features, batch_size, device, T=T, alpha=alpha,
+                                     feature_weight=feature_weight, task_loss=task_loss)
         opt = _optimizer(optimizer, params, lr, weight_decay)
-        sched = None
-        if schedule == "cosine":
-            per_epoch = None
-            if isinstance(train_data, (tuple, list)) and len(train_data) == 2:
-                n = len(train_data[0])
-                per_epoch = n // batch_size + (1 if n % batch_size > 1 else 0)
-            else:
-                try:
-                    per_epoch = len(train_data)
-                except TypeError:
-                    raise ValueError("schedule='cosine' needs a train_data with a length") from None
-            sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, epochs * per_epoch))
-        elif schedule not in (None, "constant"):
-            raise ValueError(f"schedule must be None, 'constant' or 'cosine', got {schedule!r}")
+        sched = _scheduler(schedule, opt, train_data, batch_size, epochs)
         hist: dict[str, list] = {"loss": [], "kd": [], "task": [], "feature": []}
         if eval_data is not None:
             hist["eval_top1"] = []
@@ -520,26 +324,7 @@ def fit(student: nn.Module, train_data, *, teacher: nn.Module | None = None, epo
         try:
             for ep in range(epochs):
                 student.train()
-                sums = {k: 0.0 for k in ("loss", "kd", "task", "feature")}
-                steps = 0
-                for xb, yb in _batches(train_data, batch_size, gen, device):
-                    if distiller is not None:
-                        loss = distiller.loss(xb, yb)
-                        parts = distiller._last
-                    else:
-                        if yb is None:
-                            raise ValueError("train_data has no targets and there is no teacher to distill from")
-                        loss = task_loss(_first_tensor(_call(student, xb)), yb)
-                        parts = {"task": loss.detach(), "kd": 0.0, "feature": 0.0}
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    opt.step()
-                    if sched is not None:
-                        sched.step()
-                    sums["loss"] += float(loss.detach())
-                    for k in ("kd", "task", "feature"):
-                        sums[k] += float(parts[k])
-                    steps += 1
+                sums, steps = _epoch(student, distiller, train_data, batch_size, gen, device, opt, sched, task_loss)
                 for k, v in sums.items():
                     hist[k].append(v / max(steps, 1))
                 msg = f"epoch {ep + 1}/{epochs}: loss {hist['loss'][-1]:.4f}"
@@ -556,3 +341,15 @@ def fit(student: nn.Module, train_data, *, teacher: nn.Module | None = None, epo
         hist["epochs"] = epochs
     return hist
 
+
+def _trainee(student, teacher, train_data, features, batch_size: int, device, **kw):
+    """(the Distiller or None, the parameters to train): with a teacher, the student's and the projections'."""
+    if teacher is not None:
+        example = None
+        if features:  # one batch up front so every projection exists before the optimizer is built
+            example = next(iter(_batches(train_data, min(batch_size, 8), None, device)))[0]
+        distiller = Distiller(teacher, student, features=features, example_inputs=example, **kw)
+        return distiller, distiller.trainable_parameters()
+    if features:
+        raise ValueError("features= needs a teacher")
+    return None, [p for p in student.parameters() if p.requires_grad]
