@@ -7,7 +7,7 @@ import json
 from rich.markup import escape
 from rich.table import Table
 
-from ..report import fmt_bytes, fmt_count, fmt_diff
+from ..textfmt import fmt_bytes, fmt_count, fmt_diff
 from .common import _warn, err, out
 
 
