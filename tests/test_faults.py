@@ -152,12 +152,14 @@ def test_kill_at_random_times(tmp_path, setup):
         except subprocess.TimeoutExpired:
             p.send_signal(sig)
         _, stderr = p.communicate(timeout=60)
-        # -SIGTERM: killed while Python was still starting, before optkit installed its handler (nothing written)
+        # -SIGTERM: killed while Python was still starting, before optkit installed its handler, or after the run,
+        # while the interpreter shut down (it restores the default handler then): nothing to say, nothing half-written
         assert p.returncode in (0, 130, -signal.SIGKILL, -signal.SIGTERM), (i, sig, delay, p.returncode, stderr)
         outcomes.append((sig.name, round(delay, 2), p.returncode, _staging(base)))
-        if p.returncode in (130, -signal.SIGTERM):
+        if p.returncode == 130:
             assert len(error_lines(stderr)) == 1 and "Traceback" not in stderr, stderr
-            assert _staging(base) == [], "SIGTERM left its staging directory"
+        if p.returncode in (130, -signal.SIGTERM):
+            assert "Traceback" not in stderr and _staging(base) == [], "SIGTERM left a traceback or its staging directory"
         _all_versions_verify(base) if base.is_dir() else None
     before = versions(base)
     from trust_helpers import run_inproc
