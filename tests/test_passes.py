@@ -191,3 +191,36 @@ def test_int8_dynamic_leaves_conv_in_float_by_default(tmp_path):
     assert any("left in float: Conv" in n for n in res.notes)
     forced = _run("int8-dynamic", m, ctx, op_types=["Conv"])
     assert "ConvInteger" in _ops(forced.model)
+
+
+def test_no_pass_changes_its_input_model(tmp_path):
+    """A pass returns a new model and leaves the one it was given as it was: the pipeline keeps using the input (the
+    reference, the speed baseline, other candidates) and the pass cache keys it by its bytes. (onnxslim.slim edited
+    fuse's input in place: every cache key downstream changed and a re-run missed the cache.)"""
+    import onnx
+
+    from conftest import cnn_data, tiny_cnn, tiny_matmul
+    from optkit.data import load_samples
+    from optkit.model import model_digest
+    from optkit.passes import Context, get_pass
+
+    def const_of_shape(path):  # an attribute tensor without a name: onnxslim writes name "" into it in place
+        from onnx import TensorProto, helper
+
+        nodes = [helper.make_node("Shape", ["x"], ["s"], name="shape"),
+                 helper.make_node("ConstantOfShape", ["s"], ["z"], name="cos",
+                                  value=helper.make_tensor("", TensorProto.FLOAT, [1], [0.5])),
+                 helper.make_node("Add", ["x", "z"], ["y"], name="add")]
+        g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])])
+        g.node[1].attribute[0].t.ClearField("name")
+        onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+        return path
+
+    for build, data in ((tiny_cnn, True), (tiny_matmul, False), (const_of_shape, False)):
+        m = onnx.load(str(build(tmp_path / f"{build.__name__}.onnx")))
+        ctx = Context(samples=load_samples(cnn_data(tmp_path / "d.npz", n=4), m) if data else None)
+        for name in ("fuse", "simplify", "fp16", "int8-dynamic", "lowrank", "prune") + (("int8-static",) if data else ()):
+            before = model_digest(m)
+            get_pass(name)().run(m, ctx)
+            assert model_digest(m) == before, f"{name} changed its input model"

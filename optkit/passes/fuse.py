@@ -99,6 +99,10 @@ def _ort_transformer_fusion(model: onnx.ModelProto, mtype: str, cfg: FuseConfig)
 
 
 def _onnxslim_fusion(model: onnx.ModelProto) -> onnx.ModelProto:
+    """onnxslim's pattern fusions on a copy: ``onnxslim.slim`` edits the ModelProto it is given, which changed the
+    pipeline's input model (and with it every pass-cache key computed from it: a re-run missed the cache)."""
     import onnxslim
 
-    return onnxslim.slim(model)
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    return onnxslim.slim(m)
