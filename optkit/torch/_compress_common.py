@@ -43,6 +43,21 @@ def _names(name: str, v, prefix: str) -> list[str]:
     return list(v)
 
 
+def _per_layer(name: str, v, convert, what: str, prefix: str) -> dict:
+    """A mapping of layer name -> value (``convert`` checks each value), or {} for None."""
+    if v is None:
+        return {}
+    if not isinstance(v, dict) or not all(isinstance(k, str) for k in v):
+        raise ValueError(f"{prefix}option '{name}' must be a mapping of layer name to {what}, got {v!r}")
+    return {k: convert(f"{name}[{k!r}]", x, prefix) for k, x in v.items()}
+
+
+def _flag(name: str, v, prefix: str) -> bool:
+    if not isinstance(v, bool):
+        raise ValueError(f"{prefix}option '{name}' must be true or false, got {v!r}")
+    return v
+
+
 def _choice(name: str, v, choices: tuple, prefix: str) -> str:
     if v not in choices:
         raise ValueError(f"{prefix}option '{name}' must be one of {', '.join(choices)}; got {v!r}")

@@ -13,7 +13,7 @@ from ..errors import RecipeError
 from ..passes.lowrank import LowRankConfig
 from ..passes.lowrank import _choose_rank
 from ..passes.lowrank import _Layer as _LowRankLayer
-from ._compress_common import _as_inputs, _int, _names, _params, _real, count_flops
+from ._compress_common import _as_inputs, _flag, _int, _names, _params, _per_layer, _real, count_flops
 
 
 def _factorizable(m: nn.Module) -> tuple[str, int, int] | None:
@@ -41,13 +41,8 @@ def _lowrank_options(model, energy, keep_flops, ranks, min_rank, multiple_of, sk
     multiple_of = _int("multiple_of", multiple_of, pre)
     min_size = _int("min_size", min_size, pre)
     skip = _names("skip", skip, pre)
-    if ranks is None:
-        ranks = {}
-    if not isinstance(ranks, dict) or not all(isinstance(k, str) for k in ranks):
-        raise ValueError(f"{pre}option 'ranks' must be a mapping of layer name to rank, got {ranks!r}")
-    ranks = {k: _int(f"ranks[{k!r}]", v, pre) for k, v in ranks.items()}
-    if not isinstance(inplace, bool):
-        raise ValueError(f"{pre}option 'inplace' must be true or false, got {inplace!r}")
+    ranks = _per_layer("ranks", ranks, _int, "rank", pre)
+    _flag("inplace", inplace, pre)
     try:  # the config checks its ranges (option(min=, max=)): a ValueError for torch callers
         cfg = LowRankConfig(energy=energy, keep_flops=keep_flops, ranks=ranks, min_rank=min_rank, multiple_of=multiple_of,
                             skip=skip, min_size=min_size)

@@ -59,7 +59,7 @@ from torch.nn.modules.conv import _ConvNd, _ConvTransposeNd
 
 from ..errors import RecipeError
 from ..passes.prune import PruneConfig, _expand, keep_counts
-from ._compress_common import _as_inputs, _choice, _int, _names, _params, _real, count_flops  # noqa: F401
+from ._compress_common import _as_inputs, _choice, _flag, _int, _names, _params, _per_layer, _real, count_flops  # noqa: F401
 from ._lowrank import lowrank  # noqa: F401  (re-exported)
 from .fx_ops import _Chan, _Layer
 from .fx_trace import _analyze, _inference, _Tracer
@@ -160,13 +160,8 @@ def prune(model: nn.Module, ratio: float = 0.3, *, example_inputs, importance: s
     min_channels = _int("min_channels", min_channels, pre)
     multiple_of = _int("multiple_of", multiple_of, pre)
     skip = _names("skip", skip, pre)
-    if layers is None:
-        layers = {}
-    if not isinstance(layers, dict) or not all(isinstance(k, str) for k in layers):
-        raise ValueError(f"{pre}option 'layers' must be a mapping of layer name to ratio, got {layers!r}")
-    layers = {k: _real(f"layers[{k!r}]", v, pre) for k, v in layers.items()}
-    if not isinstance(inplace, bool):
-        raise ValueError(f"{pre}option 'inplace' must be true or false, got {inplace!r}")
+    layers = _per_layer("layers", layers, _real, "ratio", pre)
+    _flag("inplace", inplace, pre)
     try:  # the config checks its ranges (option(min=, max=)): a ValueError for torch callers
         cfg = PruneConfig(ratio=ratio, importance=importance, scope=scope, min_channels=min_channels,
                           multiple_of=multiple_of, skip=skip, layers=layers, compensate=False)
