@@ -29,7 +29,7 @@ import time
 from .cache import PassCache, probe_compare
 from .errors import OptkitError, PassError
 from .log import step
-from .pipeline import Pipeline, PipelineResult
+from .pipeline import Pipeline, PipelineResult, keep_input_if_slower
 
 
 def pick_candidate(prefix: PipelineResult, candidates, ctx, tuning, original, on_pass, evals, eval_feeds):
@@ -53,10 +53,9 @@ def pick_candidate(prefix: PipelineResult, candidates, ctx, tuning, original, on
         entry["candidate"] = chosen[1]
         if on_pass is not None:
             on_pass(entry)
-    result = PipelineResult(sub.model, prefix.log + sub.log, prefix.reference_outputs, sub.outputs, sub.missed,
-                            _final_guard(chosen[3], tuning.guard))
-    if result.final_guard and not result.final_guard["kept"]:
-        result.model, result.outputs, result.missed = original, prefix.reference_outputs, []
+    result = PipelineResult(sub.model, prefix.log + sub.log, prefix.reference_outputs, sub.outputs, sub.missed)
+    if tuning.guard and chosen[3].get("speed"):  # the chosen candidate's own probe against the input model
+        keep_input_if_slower(result, original, chosen[3]["speed"])
     return result, rows
 
 
@@ -259,18 +258,3 @@ def _settle(fastest, ties: list, direct) -> list:
         if d["verdict"] != "faster":
             kept.append(r)
     return kept
-
-
-def _final_guard(row: dict, guard: bool) -> dict | None:
-    """The chosen candidate against the input model, from its own probe: a slowdown the interval shows keeps the input
-    (unless the guard is off: --force)."""
-    sp = row.get("speed")
-    if not sp or not guard:
-        return None
-    slower = sp["verdict"] == "slower"
-    out = {"speedup_vs_input": sp["median"], "interval": [sp["lo"], sp["hi"]], "rounds": sp["rounds"],
-           "verdict": sp["verdict"], "kept": not slower}
-    if slower:
-        out["note"] = (f"the optimized model ran {sp['median']:.2f}x vs the input model (95% interval {sp['lo']:.2f}-"
-                       f"{sp['hi']:.2f}x, slower): the artifact holds the input model unchanged; --force keeps it")
-    return out

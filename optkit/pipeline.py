@@ -109,15 +109,20 @@ class PerformanceGuard(Instrument):
     def finish(self, out: PipelineResult, original: onnx.ModelProto) -> None:
         if not any(e.get("status") == "ok" and e.get("modified") for e in out.log):
             return
-        speed = probe_compare(self.tuning.probe, original, out.model, self.ctx.cache)
-        slower = speed["verdict"] == "slower"
-        out.final_guard = {"speedup_vs_input": speed["median"], "interval": [speed["lo"], speed["hi"]],
-                           "rounds": speed["rounds"], "verdict": speed["verdict"], "kept": not slower}
-        if slower:
-            out.model, out.outputs, out.missed = original, out.reference_outputs, []
-            out.final_guard["note"] = (f"the optimized model ran {speed['median']:.2f}x vs the input model (95% interval "
-                                       f"{speed['lo']:.2f}-{speed['hi']:.2f}x, slower): the artifact holds the input "
-                                       "model unchanged; --force keeps the optimized one")
+        keep_input_if_slower(out, original, probe_compare(self.tuning.probe, original, out.model, self.ctx.cache))
+
+
+def keep_input_if_slower(out: PipelineResult, original: onnx.ModelProto, speed: dict) -> None:
+    """The final guard: record the result's speed against the input model (a SpeedProbe result) and, when the interval
+    shows a slowdown, hand back the input model unchanged."""
+    slower = speed["verdict"] == "slower"
+    out.final_guard = {"speedup_vs_input": speed["median"], "interval": [speed["lo"], speed["hi"]],
+                       "rounds": speed["rounds"], "verdict": speed["verdict"], "kept": not slower}
+    if slower:
+        out.model, out.outputs, out.missed = original, out.reference_outputs, []
+        out.final_guard["note"] = (f"the optimized model ran {speed['median']:.2f}x vs the input model (95% interval "
+                                   f"{speed['lo']:.2f}-{speed['hi']:.2f}x, slower): the artifact holds the input "
+                                   "model unchanged; --force keeps the optimized one")
 
 
 class NumericsCheck(Instrument):
