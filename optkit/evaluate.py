@@ -13,7 +13,7 @@ backend's compile step checks its build against that same reference.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
@@ -99,17 +99,19 @@ class SpeedProbe:
     max_rounds: int = 20
     round_time: float = 0.1
     time_cap: float = 6.0
+    # (baseline model, its open session): kept across comparisons with the same baseline object
+    _held: tuple | None = field(default=None, init=False, repr=False, compare=False)
 
     def _base_session(self, base: onnx.ModelProto):
         """The baseline's session, kept open across comparisons with the same baseline object (an auto recipe
         compares every candidate with the input model: one session for all of them, not one per probe)."""
-        held = self.__dict__.get("_held")
+        held = self._held
         if held is not None and held[0] is base:
             return held[1]
         if held is not None:
             held[1].close()
         s = self.evaluator.session(base)
-        self.__dict__["_held"] = (base, s)
+        self._held = (base, s)
         return s
 
     def compare(self, base: onnx.ModelProto, cand: onnx.ModelProto, time_cap: float | None = None,
