@@ -44,7 +44,8 @@ def node_sensitivity(fp32: onnx.ModelProto, quant: onnx.ModelProto, feeds: list[
     """Quantizable nodes ranked by the error they add: (1 - cosine) on the node's output minus that on its input,
     both models run by the deployed evaluator (integer kernels included)."""
     inits = {t.name for t in fp32.graph.initializer}
-    cands = [n for n in fp32.graph.node if n.op_type in QUANT_OPS and n.name and _quantized(n, quant)]
+    changed = _quantized(quant)
+    cands = [n for n in fp32.graph.node if n.op_type in QUANT_OPS and n.name and changed(n)]
     qprod = {o for n in quant.graph.node for o in n.output} | {i.name for i in quant.graph.input}
     consumers: dict[str, list] = {}
     for n in fp32.graph.node:
@@ -79,15 +80,19 @@ def node_sensitivity(fp32: onnx.ModelProto, quant: onnx.ModelProto, feeds: list[
     return sorted(ranked, key=lambda kv: -kv[1])
 
 
-def _quantized(node, quant: onnx.ModelProto) -> bool:
-    """Whether the quantizer changed ``node``: it is gone from the quantized model (QOperator / dynamic ops replace
-    it) or reads a DequantizeLinear output there (QDQ). A float activation x activation MatMul the quantizer left
-    alone must not be ranked: keeping it in float changes nothing (seen on MiniLM)."""
-    same = [n for n in quant.graph.node if n.name == node.name and n.op_type == node.op_type]
-    if not same:
-        return True
+def _quantized(quant: onnx.ModelProto):
+    """``changed(node)``: whether the quantizer changed ``node``: it is gone from the quantized model (QOperator /
+    dynamic ops replace it) or reads a DequantizeLinear output there (QDQ). A float activation x activation MatMul the
+    quantizer left alone must not be ranked: keeping it in float changes nothing (seen on MiniLM). The quantized
+    graph is indexed once, not scanned per node."""
+    by_key = {(n.name, n.op_type): n for n in quant.graph.node}
     dq = {o for n in quant.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
-    return any(i in dq for i in same[0].input)
+
+    def changed(node) -> bool:
+        same = by_key.get((node.name, node.op_type))
+        return same is None or any(i in dq for i in same.input)
+
+    return changed
 
 
 def _ranking(judge: Judge, quantized: onnx.ModelProto) -> list[tuple[str, float]]:
