@@ -301,9 +301,7 @@ def _tuning(model, rec: Recipe, passes, samples, threads: int, tolerance, metric
     from .evaluate import SpeedProbe
     from .search import Tuning, make_criterion, parse_budget
 
-    lossy = [p.name for p in passes if not p.exact] + [q.name for _, cps in rec.build_candidates() for q in cps
-                                                       if not q.exact] if rec.candidates else \
-        [p.name for p in passes if not p.exact]
+    lossy = any(not p.exact for p in passes)  # (a candidate recipe is gated whatever its passes: the branch before)
     explicit = tolerance is not None
     if tolerance is None and rec.candidates:
         tolerance = "1%"
