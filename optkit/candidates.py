@@ -28,6 +28,7 @@ import time
 
 from .cache import PassCache, probe_compare
 from .errors import OptkitError, PassError
+from .evaluate import DECISION
 from .log import step
 from .pipeline import Pipeline, PipelineResult, keep_input_if_slower
 
@@ -178,11 +179,6 @@ def _recover(prefix, candidates, ctx, tuning, original, evals, eval_feeds, rows,
         new["screened"] = {k: row.get(k) for k in ("speed", "metric", "passed")}
         rows[rows.index(row)] = new
         runs[order] = (order, cname, sub, new)
-
-
-# A head-to-head decision may take up to 40 rounds / 24 s (a screen stops at 20 rounds / 6 s): at 8 rounds the 95%
-# interval of the median is min..max of the ratios, and on a loaded machine one spike made a 2.1x median a "tie".
-DECISION = {"time_cap": 24.0, "max_rounds": 40}
 
 
 def _direct(ctx, tuning):

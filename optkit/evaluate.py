@@ -88,6 +88,12 @@ def median_ci(ratios: list[float], confidence: float = 0.95) -> tuple[float, flo
     return r[k], r[n - 1 - k]
 
 
+# A head-to-head decision between two candidates may take up to 40 rounds / 24 s (a screen stops at 20 rounds / 6 s):
+# at 8 rounds the 95% interval of the median is min..max of the ratios, and on a loaded machine one spike made a 2.1x
+# median a "tie". Passed as SpeedProbe.compare(..., **DECISION).
+DECISION = {"time_cap": 24.0, "max_rounds": 40}
+
+
 @dataclass
 class SpeedProbe:
     """Alternating timing of two models on one feed, run as the evaluator runs them, until a 95% confidence interval

@@ -132,6 +132,7 @@ class NumericsCheck(Instrument):
         self.ctx, self.feeds, self.labels, self.criterion = ctx, feeds, labels, criterion
         self.ref: list[dict] = []
         self.prev: list[dict] = []
+        self._pending: list[dict] = []  # the last pass's outputs, until the guard has kept or reverted it
 
     def start(self, model: onnx.ModelProto) -> None:
         self.ref = self.prev = evaluate(self.ctx.evaluator, model, self.feeds, self.ctx.cache) if self.feeds else []

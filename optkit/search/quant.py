@@ -9,6 +9,7 @@ import numpy as np
 import onnx
 
 from ..cache import probe_compare
+from ..evaluate import DECISION
 from .trials import Judge, Outcome, better, config_diff, pick
 
 QUANT_OPS = {"Conv", "MatMul", "Gemm", "Attention", "ConvTranspose", "Gather", "EmbedLayerNormalization", "LSTM"}
@@ -147,8 +148,8 @@ def tune_quantization(p, judge: Judge) -> Outcome:
             best_fail = (alt, judged_d, res_d)
     if passing:
         probe, cache = tuning.probe, getattr(judge.ctx, "cache", None)
-        direct = (lambda a, b: probe_compare(probe, a, b, cache, time_cap=24.0, max_rounds=40)) \
-            if probe is not None and tuning.search else None
+        direct = (lambda a, b: probe_compare(probe, a, b, cache, **DECISION)) if probe is not None and tuning.search \
+            else None
         res, judged, rec, why = pick(passing, direct)
         rec["chosen"] = True
         res.notes.append(f"tolerance: {tuning.criterion.describe()}: {judged['metric']} {judged['value']:.5g} "
